@@ -1,0 +1,24 @@
+# tag2mask: instance segmentation from image-level labels, as a Snakemake workflow.
+#   snakemake --cores 2                                 # the synthetic demo (config/config.yaml)
+#   snakemake --cores 8 --configfile config/voc.yaml    # another dataset
+# Every rule calls one `tag2mask` subcommand with explicit files; see README.md.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/dataset.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{DATA}/manifest.json",

@@ -1,0 +1,24 @@
+# Stage 0: read the dataset into a manifest (tags only) and COCO ground truth (evaluation only).
+
+
+rule prepare_dataset:
+    output:
+        manifest=f"{DATA}/manifest.json",
+        gt=expand(f"{DATA}/gt/{{split}}.json", split=GT_SPLITS),
+    params:
+        cli=TAG2MASK,
+        options=options("dataset"),
+        out_dir=lambda w, output: os.path.dirname(output.manifest),
+        code=code_digest("datasets", "manifest", "groundtruth", "images", "masks"),
+    log:
+        f"{RUN}/logs/prepare_dataset.log",
+    benchmark:
+        f"{RUN}/benchmarks/prepare_dataset.tsv"
+    conda:
+        "../envs/tag2mask.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "{params.cli} prepare-dataset --config {params.options:q} --out-dir {params.out_dir:q} "
+        "> {log:q} 2>&1"

@@ -1,0 +1,89 @@
+"""Configuration: safe YAML loading, JSON-schema validation, and digests for rerun triggers."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import InputError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SCHEMA_PATH = PACKAGE_DIR.parents[1] / "config" / "schema.yaml"
+
+
+def load_yaml(path):
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except yaml.YAMLError as e:
+        raise InputError(path, f"not valid YAML ({e})") from None
+
+
+def validate_config(config, schema_path=SCHEMA_PATH, where="config"):
+    """Validate against the JSON schema; the error names the offending key path."""
+    schema = load_yaml(schema_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise InputError(where, f"config key {key}: {e.message}")
+    return config
+
+
+def digest(obj):
+    """A short stable digest of a JSON-serialisable value (config sections, params)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_digest(*modules):
+    """Digest of the source of package modules (names relative to the package, e.g. 'peaks'
+    or 'datasets'); passed as a rule param so a code change reruns that stage."""
+    h = hashlib.sha256()
+    for name in modules:
+        path = PACKAGE_DIR / name.replace(".", "/")
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+        for f in files:
+            h.update(f.relative_to(PACKAGE_DIR).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def apply_defaults(value, schema):
+    """Fill in schema defaults for keys left out (recursively through objects)."""
+    if schema.get("type") != "object" or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = sub["default"]
+        if key in out:
+            out[key] = apply_defaults(out[key], sub)
+    return out
+
+
+def section_options(source, section):
+    """Options of one config section for a stage command.
+
+    `source` is either inline JSON of the section (what the Snakemake rules pass, so a change
+    to that section alone reruns the stage) or a path to a workflow config YAML (for running a
+    stage by hand). The section is validated and completed with the schema's defaults.
+    """
+    text = str(source).strip()
+    if text.startswith("{"):
+        try:
+            options = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError("--config", f"inline options are not valid JSON ({e})") from None
+        where = f"{section} options"
+    else:
+        whole = load_yaml(source)
+        options = whole.get(section, {}) if isinstance(whole, dict) else {}
+        where = source
+    schema = load_yaml(SCHEMA_PATH)
+    validate_config({section: options}, where=where)
+    return apply_defaults({section: options}, schema)[section]

@@ -1,0 +1,49 @@
+"""Binary masks <-> COCO run-length encoding (compressed `counts` strings, via pycocotools)."""
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def encode(masks):
+    """Encode a bool array [N, H, W] (or one [H, W]) as a list of COCO RLE counts strings."""
+    masks = np.asarray(masks, dtype=bool)
+    single = masks.ndim == 2
+    if single:
+        masks = masks[None]
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    counts = [r["counts"].decode("ascii") for r in rles]
+    return counts[0] if single else counts
+
+
+def decode(counts, height, width):
+    """Decode COCO RLE counts strings into a bool array [N, H, W]."""
+    if len(counts) == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    rles = [{"size": [int(height), int(width)], "counts": _as_bytes(c)} for c in counts]
+    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+
+
+def to_coco_segmentation(counts, height, width):
+    """A COCO `segmentation` dict (compressed RLE) that pycocotools loads unchanged."""
+    c = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    return {"size": [int(height), int(width)], "counts": c}
+
+
+def area(counts, height, width):
+    rles = [{"size": [int(height), int(width)], "counts": _as_bytes(c)} for c in counts]
+    return mask_utils.area(rles).astype(np.int64) if rles else np.zeros(0, np.int64)
+
+
+def boxes(counts, height, width):
+    """Tight xyxy boxes of RLE masks (float32 [N, 4]); empty masks give zeros."""
+    rles = [{"size": [int(height), int(width)], "counts": _as_bytes(c)} for c in counts]
+    if not rles:
+        return np.zeros((0, 4), np.float32)
+    xywh = mask_utils.toBbox(rles)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float32)
+
+
+def _as_bytes(c):
+    return c.encode("ascii") if isinstance(c, str) else bytes(c)

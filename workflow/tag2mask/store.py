@@ -1,0 +1,179 @@
+"""HDF5 stores for per-image results (peaks, proposals, pseudo masks).
+
+One layout for every store (docs/formats.md has the per-kind arrays):
+
+    /                 attrs: format="tag2mask-store", kind, format_version, class_names (JSON),
+                             config_digest, plus kind-specific attrs
+    /images/<key>     one group per image; attrs: image_id, height, width (+ per-image attrs)
+        <array>       numeric arrays (large ones gzip-compressed) or string arrays; masks are
+                      COCO RLE counts strings (`tag2mask.masks`), never one byte per pixel
+
+<key> is the image id with '/' and '%' percent-encoded. Writers write to a temporary name and
+rename on close, so a killed writer never leaves a file that passes for complete.
+"""
+
+import json
+import urllib.parse
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError
+
+FORMAT = "tag2mask-store"
+FORMAT_VERSION = 1
+_COMPRESS_BYTES = 4096
+_STR = h5py.string_dtype("ascii")
+
+
+def image_key(image_id):
+    return urllib.parse.quote(str(image_id), safe="")
+
+
+class StoreWriter:
+    """Context manager that writes a store atomically.
+
+    with StoreWriter(path, "pseudo_masks", class_names, config_digest=d) as w:
+        w.add(image_id, height, width, {"masks": rle_list, "labels": np.array(...)})
+    """
+
+    def __init__(self, path, kind, class_names, config_digest="", attrs=None):
+        self.path = Path(path)
+        self.kind = kind
+        self.root_attrs = {
+            "format": FORMAT,
+            "kind": kind,
+            "format_version": FORMAT_VERSION,
+            "class_names": json.dumps(list(class_names)),
+            "config_digest": config_digest,
+            **(attrs or {}),
+        }
+
+    def __enter__(self):
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self.file = h5py.File(tmp, "w")
+        for k, v in self.root_attrs.items():
+            self.file.attrs[k] = v
+        self.images = self.file.create_group("images")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.file.close()
+        return self._atomic.__exit__(exc_type, exc, tb)
+
+    def add(self, image_id, height, width, arrays, attrs=None):
+        key = image_key(image_id)
+        if key in self.images:
+            raise ValueError(f"{self.path}: image {image_id!r} written twice")
+        g = self.images.create_group(key)
+        g.attrs["image_id"] = str(image_id)
+        g.attrs["height"] = int(height)
+        g.attrs["width"] = int(width)
+        for k, v in (attrs or {}).items():
+            g.attrs[k] = v
+        for name, value in arrays.items():
+            _write_array(g, name, value)
+
+
+def _write_array(group, name, value):
+    if isinstance(value, (list, tuple)) and (len(value) == 0 or isinstance(value[0], (str, bytes))):
+        data = np.array([v.decode("ascii") if isinstance(v, bytes) else v for v in value],
+                        dtype=object)
+        group.create_dataset(name, shape=(len(data),), dtype=_STR, data=data)
+        return
+    arr = np.asarray(value)
+    if arr.nbytes >= _COMPRESS_BYTES:
+        group.create_dataset(name, data=arr, compression="gzip", compression_opts=1,
+                             shuffle=True, chunks=True)
+    else:
+        group.create_dataset(name, data=arr)
+
+
+class StoreReader:
+    """Read a store; checks format, kind and version on open.
+
+    with StoreReader(path, "pseudo_masks") as r:
+        for image_id in r.image_ids: entry = r.read(image_id)  # dict of arrays + attrs
+    """
+
+    def __init__(self, path, kind=None):
+        self.path = Path(path)
+        try:
+            self.file = h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise InputError(self.path, "store not found") from None
+        except OSError as e:
+            raise InputError(self.path, f"not a readable HDF5 file ({e})") from None
+        a = self.file.attrs
+        if a.get("format") != FORMAT:
+            self.file.close()
+            raise InputError(self.path, f"not a {FORMAT} file")
+        if int(a.get("format_version", -1)) != FORMAT_VERSION:
+            self.file.close()
+            raise InputError(self.path, f"store format version {a.get('format_version')} "
+                                        f"is not the supported version {FORMAT_VERSION}")
+        if kind is not None and a["kind"] != kind:
+            self.file.close()
+            raise InputError(self.path, f"expected a {kind!r} store, found {a['kind']!r}")
+        self.kind = a["kind"]
+        self.class_names = json.loads(a["class_names"])
+        self.attrs = {k: a[k] for k in a.keys()}
+        self._keys = {self.file["images"][k].attrs["image_id"]: k for k in self.file["images"]}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.file.close()
+
+    @property
+    def image_ids(self):
+        return list(self._keys)
+
+    def __contains__(self, image_id):
+        return image_id in self._keys
+
+    def __len__(self):
+        return len(self._keys)
+
+    def read(self, image_id, names=None):
+        """Arrays (all, or just `names`) and attrs of one image as a dict."""
+        g = self.file["images"][self._keys[image_id]]
+        out = dict(g.attrs)
+        for name in names if names is not None else g.keys():
+            ds = g[name]
+            if h5py.check_string_dtype(ds.dtype) is not None:
+                out[name] = [s.decode("ascii") for s in ds[()]]
+            else:
+                out[name] = ds[()]
+        return out
+
+
+def gather(shard_paths, out_path):
+    """Join shard stores of one kind into one store (groups copied, attrs checked equal)."""
+    shard_paths = [Path(p) for p in shard_paths]
+    if not shard_paths:
+        raise InputError(out_path, "no shard stores to gather")
+    first = StoreReader(shard_paths[0])
+    root_attrs = dict(first.attrs)
+    first.close()
+    root_attrs.pop("shard", None)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as out:
+        for k, v in root_attrs.items():
+            out.attrs[k] = v
+        images = out.create_group("images")
+        for p in shard_paths:
+            with StoreReader(p) as r:
+                for k in ("kind", "class_names", "config_digest"):
+                    if r.attrs.get(k) != root_attrs.get(k):
+                        raise InputError(p, f"shard attribute {k!r} differs from {shard_paths[0]}")
+                for key in r.file["images"]:
+                    if key in images:
+                        raise InputError(p, f"image {key!r} appears in more than one shard")
+                    r.file.copy(r.file["images"][key], images, name=key)
