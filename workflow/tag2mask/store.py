@@ -107,20 +107,21 @@ class StoreReader:
             raise InputError(self.path, "store not found") from None
         except OSError as e:
             raise InputError(self.path, f"not a readable HDF5 file ({e})") from None
-        a = self.file.attrs
+        a = {k: self.file.attrs[k] for k in self.file.attrs.keys()}
+        problem = None
         if a.get("format") != FORMAT:
+            problem = f"not a {FORMAT} file"
+        elif int(a.get("format_version", -1)) != FORMAT_VERSION:
+            problem = (f"store format version {a.get('format_version')} is not the supported "
+                       f"version {FORMAT_VERSION}")
+        elif kind is not None and a["kind"] != kind:
+            problem = f"expected a {kind!r} store, found {a['kind']!r}"
+        if problem:
             self.file.close()
-            raise InputError(self.path, f"not a {FORMAT} file")
-        if int(a.get("format_version", -1)) != FORMAT_VERSION:
-            self.file.close()
-            raise InputError(self.path, f"store format version {a.get('format_version')} "
-                                        f"is not the supported version {FORMAT_VERSION}")
-        if kind is not None and a["kind"] != kind:
-            self.file.close()
-            raise InputError(self.path, f"expected a {kind!r} store, found {a['kind']!r}")
+            raise InputError(self.path, problem)
         self.kind = a["kind"]
         self.class_names = json.loads(a["class_names"])
-        self.attrs = {k: a[k] for k in a.keys()}
+        self.attrs = a
         self._keys = {self.file["images"][k].attrs["image_id"]: k for k in self.file["images"]}
 
     def __enter__(self):

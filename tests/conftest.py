@@ -1,0 +1,43 @@
+"""Shared fixtures: the repository root and small manifests built from generated images."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))  # the package, also when not pip-installed
+
+from tag2mask.manifest import Manifest, make_record, write_manifest  # noqa: E402
+
+VOC_MINI = Path(os.environ.get("TAG2MASK_VOC_MINI", REPO.parent / "shared/data/voc-mini"))
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return REPO
+
+
+@pytest.fixture
+def tiny_manifest(tmp_path):
+    """A manifest of 6 random 32x40 RGB images, classes a/b/c, all in the train split."""
+    return build_manifest(tmp_path, n_images=6)
+
+
+def build_manifest(folder, n_images=6, size=(40, 32), classes=("a", "b", "c"), seed=0,
+                   split="train"):
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n_images):
+        path = folder / "images" / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        labels = [classes[i % len(classes)]]
+        records.append(make_record(f"img{i}", path, size[0], size[1], split, labels, classes))
+    m = Manifest("test", list(classes), records)
+    write_manifest(folder / "manifest.json", m)
+    return folder / "manifest.json"

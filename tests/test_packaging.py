@@ -1,0 +1,30 @@
+"""The conda environment the rules declare lists the same dependencies as pyproject.toml."""
+
+import re
+import tomllib
+
+import yaml
+
+
+def _normalise(spec):
+    name, rest = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", spec).groups()
+    return name.lower().replace("_", "-"), rest.replace(" ", "")
+
+
+def test_conda_env_matches_pyproject(repo):
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    expected = dict(_normalise(s) for s in project["dependencies"])
+    for env_file in sorted((repo / "envs").glob("*.yaml")):
+        env = yaml.safe_load(env_file.read_text())
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+        assert dict(_normalise(s) for s in pip) == expected, env_file.name
+        conda = [d for d in env["dependencies"] if isinstance(d, str)]
+        assert any(d.startswith("python=") for d in conda)
+
+
+def test_every_rule_declares_the_conda_env(repo):
+    for smk in sorted((repo / "rules").glob("*.smk")):
+        text = smk.read_text()
+        rules = re.findall(r"^(?:checkpoint|rule) (\w+):", text, re.M)
+        conda = re.findall(r'^    conda:\n        "\.\./envs/\w+\.yaml"', text, re.M)
+        assert len(rules) == len(conda), f"{smk.name}: every rule needs conda: ../envs/*.yaml"
