@@ -16,6 +16,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/dataset.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -231,3 +231,63 @@ def test_export_refuses_a_store_of_other_classes(tmp_path, tiny_manifest):
         pass
     with pytest.raises(InputError, match="class names"):
         pseudo_masks_to_results(tmp_path / "pm.h5", manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands
+
+def gt_for_manifest(manifest, instances):
+    """GT in the tag2mask format for the manifest's first image: instances = [(mask, c)]."""
+    r0 = manifest.images[0]
+    gt = {"images": [], "annotations": [],
+          "categories": [{"id": i + 1, "name": n} for i, n in enumerate(manifest.classes)]}
+    for rec in manifest.images[:2]:
+        gt["images"].append({"id": manifest.coco_image_id(rec.id), "name": rec.id,
+                             "file_name": rec.path, "width": rec.width, "height": rec.height})
+    for m, c in instances:
+        gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": 1,
+                                  "category_id": c + 1, "iscrowd": 0, "area": int(m.sum()),
+                                  "bbox": [0, 0, 1, 1],
+                                  "segmentation": mask_rle.to_coco_segmentation(
+                                      mask_rle.encode(m), r0.height, r0.width)})
+    return gt
+
+
+def test_evaluate_command_on_store_and_on_export(tmp_path, tiny_manifest):
+    from tag2mask.cli import main
+    manifest = read_manifest(tiny_manifest)
+    m = write_pseudo_store(tmp_path / "pm.h5", manifest)
+    (tmp_path / "gt.json").write_text(json.dumps(gt_for_manifest(manifest, [(m[0], 0)])))
+    assert main(["export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
+                 str(tiny_manifest), "--out", str(tmp_path / "res.json")]) == 0
+    assert main(["export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
+                 str(tiny_manifest), "--out", str(tmp_path / "inst.json"), "--as-instances"]) == 0
+    assert sorted(COCO(str(tmp_path / "inst.json")).getImgIds()) == [1, 2]
+    reports = []
+    for predictions in ("pm.h5", "res.json"):
+        out = tmp_path / f"eval-{predictions}.json"
+        assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--predictions",
+                     str(tmp_path / predictions), "--manifest", str(tiny_manifest),
+                     "--config", '{"score_cutoff": 0.5}', "--out", str(out)]) == 0
+        reports.append(json.loads(out.read_text()))
+    a, b = reports
+    assert a["mAP@0.5"] == pytest.approx(1.0) and a["ABO"] == pytest.approx(1.0)
+    assert a["predictions"] == 1 and a["predictions_below_cutoff"] == 1  # the 0.4 mask
+    assert a["protocol"]["score_cutoff"] == 0.5 and a["protocol"]["void_removal"] is True
+    del a["inputs"], b["inputs"]
+    assert a == b
+
+
+def test_evaluate_command_refuses_mismatched_inputs(tmp_path, tiny_manifest, capsys):
+    from tag2mask.cli import main
+    manifest = read_manifest(tiny_manifest)
+    write_pseudo_store(tmp_path / "pm.h5", manifest)
+    gt = gt_for_manifest(manifest, [])
+    gt["images"][0]["id"] = 5  # GT of another manifest
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    args = ["evaluate", "--gt", str(tmp_path / "gt.json"), "--predictions",
+            str(tmp_path / "pm.h5"), "--config", "{}", "--out", str(tmp_path / "e.json")]
+    assert main(args) == 2
+    assert "needs --manifest" in capsys.readouterr().err
+    assert main(args + ["--manifest", str(tiny_manifest)]) == 2
+    assert "manifest" in capsys.readouterr().err and not (tmp_path / "e.json").exists()
