@@ -33,7 +33,16 @@ def to_coco_segmentation(counts, height, width):
 
 def area(counts, height, width):
     rles = [{"size": [int(height), int(width)], "counts": _as_bytes(c)} for c in counts]
-    return mask_utils.area(rles).astype(np.int64) if rles else np.zeros(0, np.int64)
+    return safe_area(rles)
+
+
+def safe_area(rles):
+    """pycocotools' area() of RLE dicts, in chunks: pycocotools 2.0.11 with numpy 2 raises
+    OverflowError ("out of bounds for uint8") for more than 255 masks in one call."""
+    if not rles:
+        return np.zeros(0, np.int64)
+    return np.concatenate([mask_utils.area(rles[i:i + 255]).astype(np.int64)
+                           for i in range(0, len(rles), 255)])
 
 
 def boxes(counts, height, width):
