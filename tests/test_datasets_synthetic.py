@@ -1,0 +1,277 @@
+"""The built-in synthetic dataset: determinism, statistics, colour gives no shortcut, contracts."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from scipy.ndimage import binary_dilation
+
+from tag2mask.datasets import synthetic
+from tag2mask.datasets.cli import prepare
+from tag2mask.errors import InputError
+from tag2mask.manifest import RECORD_KEYS, read_manifest
+from tag2mask.masks import decode
+
+DEFAULTS = {"seed": 0, "train_images": 6, "val_images": 3, "image_size": 64,
+            "min_instances": 1, "max_instances": 6}
+LIMITS = {"max_image_pixels": 25_000_000, "large_images": "downscale"}
+
+
+def dataset_cfg(**synthetic_options):
+    return {"kind": "synthetic", **LIMITS, "synthetic": {**DEFAULTS, **synthetic_options}}
+
+
+@pytest.fixture(scope="module")
+def samples():
+    """60 images at the demo's settings (128 px, 1-6 instances)."""
+    return [synthetic.generate_image(3, "train", i) for i in range(60)]
+
+
+# ---------------------------------------------------------------- determinism
+
+def _dataset_bytes(out_dir):
+    files = sorted((out_dir / "images").rglob("*.png"))
+    return {f.relative_to(out_dir).as_posix(): f.read_bytes() for f in files}
+
+
+def _gt_without_paths(out_dir, split):
+    gt = json.loads((out_dir / "gt" / f"{split}.json").read_text())
+    for image in gt["images"]:
+        image.pop("file_name")  # absolute path of the image, differs between folders
+    return gt
+
+
+def test_same_seed_gives_identical_dataset_and_other_seed_differs(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    prepare(dataset_cfg(seed=7), a)
+    prepare(dataset_cfg(seed=7), b)
+    prepare(dataset_cfg(seed=8), c)
+    files_a, files_b, files_c = _dataset_bytes(a), _dataset_bytes(b), _dataset_bytes(c)
+    assert len(files_a) == 9
+    assert files_a == files_b
+    for split in ("train", "val"):
+        assert _gt_without_paths(a, split) == _gt_without_paths(b, split)
+        assert _gt_without_paths(a, split) != _gt_without_paths(c, split)
+    assert files_a.keys() == files_c.keys()
+    assert all(files_a[k] != files_c[k] for k in files_a)
+    assert (a / "manifest.json").read_text() == (b / "manifest.json").read_text()
+
+
+def test_each_image_depends_only_on_seed_split_and_index(tmp_path):
+    prepare(dataset_cfg(seed=5), tmp_path)
+    m = read_manifest(tmp_path / "manifest.json")
+    # generated alone, in reverse order, the images equal those the reader wrote
+    for record in reversed(m.images):
+        index = int(record.id.split("_")[1])
+        alone = synthetic.generate_image(5, record.split, index, 64)
+        assert np.array_equal(np.asarray(Image.open(record.path)), alone.rgb)
+    # train and val streams differ even at the same index
+    assert not np.array_equal(synthetic.generate_image(5, "train", 0, 64).rgb,
+                              synthetic.generate_image(5, "val", 0, 64).rgb)
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_instance_counts_classes_and_balance(samples):
+    counts = np.array([len(s.classes) for s in samples])
+    assert counts.min() >= 1 and counts.max() <= 6
+    assert len(set(counts.tolist())) >= 5  # the whole range is used, not one fixed count
+    present = np.zeros((len(samples), len(synthetic.CLASSES)), bool)
+    for i, s in enumerate(samples):
+        present[i, s.classes] = True
+    per_class = present.mean(axis=0)
+    assert per_class.min() > 0  # every class appears
+    # roughly balanced image frequency: no class under half or over 1.6x the average
+    assert per_class.min() >= 0.5 * per_class.mean()
+    assert per_class.max() <= 1.6 * per_class.mean()
+
+
+def test_instance_counts_follow_config():
+    for i in range(20):
+        s = synthetic.generate_image(1, "train", i, 96, min_instances=3, max_instances=4)
+        assert 3 <= len(s.classes) <= 4
+
+
+def test_masks_nonempty_disjoint_and_substantial(samples):
+    size = samples[0].rgb.shape[0]
+    min_pixels = synthetic.MIN_PIXELS_FRACTION * size * size
+    for s in samples:
+        assert s.masks.shape == (len(s.classes), size, size) and s.masks.dtype == bool
+        assert (s.masks.sum(axis=(1, 2)) >= min_pixels).all()
+        assert (s.masks.sum(axis=0) <= 1).all()  # disjoint
+
+
+def test_occluded_instances_keep_a_quarter_of_their_area():
+    rng = np.random.default_rng(0)
+    occluded = 0
+    for _ in range(40):
+        full, classes = synthetic.place_instances(rng, 96, 6, 0.1, 0.45)
+        visible = synthetic.visible_parts(full)
+        own, left = full.sum(axis=(1, 2)), visible.sum(axis=(1, 2))
+        assert (left >= synthetic.MIN_VISIBLE * own).all()
+        assert (left[-1] == own[-1])  # the top instance is whole
+        occluded += int((left < own).sum())
+    assert occluded >= 20  # occlusion really happens
+
+
+def _touching(masks):
+    grown = [binary_dilation(m) for m in masks]
+    return any((grown[i] & masks[j]).any()
+               for i in range(len(masks)) for j in range(len(masks)) if i != j)
+
+
+def test_instances_touch_and_scales_vary(samples):
+    several = [s for s in samples if len(s.classes) >= 2]
+    touching = sum(_touching(s.masks) for s in several)
+    assert touching >= 0.4 * len(several)
+    # object extent (largest box side of the visible part) over the image side
+    size = samples[0].rgb.shape[0]
+    extents = []
+    for s in samples:
+        for m in s.masks:
+            ys, xs = np.nonzero(m)
+            extents.append(max(np.ptp(ys), np.ptp(xs)) + 1)
+    extents = np.array(extents) / size
+    assert extents.min() < 0.15 and extents.max() > 0.35
+    assert np.percentile(extents, 75) / np.percentile(extents, 25) > 1.5
+
+
+def test_objects_are_textured_not_flat(samples):
+    # colour spread inside each instance well above the added pixel noise, for most instances
+    spreads = [s.rgb[m].astype(float).std(axis=0).max() for s in samples for m in s.masks]
+    assert np.median(spreads) > 2 * synthetic.PIXEL_NOISE
+
+
+# ---------------------------------------------------------------- colour is no shortcut
+
+def nearest_mean_accuracy(train_x, train_y, test_x, test_y, n_classes):
+    """Accuracy of classifying by the nearest per-class mean feature."""
+    means = np.stack([train_x[train_y == k].mean(axis=0) for k in range(n_classes)])
+    pred = np.argmin(((test_x[:, None] - means[None]) ** 2).sum(axis=-1), axis=1)
+    return float((pred == test_y).mean())
+
+
+def best_threshold_balanced_accuracy(values, is_foreground):
+    """Best balanced accuracy of `value > t` (or `<`) as a foreground detector, over all t."""
+    order = np.argsort(values, kind="stable")
+    fg = is_foreground[order].astype(float)
+    tp = np.cumsum(fg[::-1])[::-1]  # foreground at or above each cut
+    fp = np.cumsum(1 - fg[::-1])[::-1]
+    bacc = 0.5 * (tp / fg.sum() + 1 - fp / (1 - fg).sum())
+    return float(max(bacc.max(), (1 - bacc).max()))
+
+
+def colour_features(rgb):
+    """Per pixel: R, G, B, luminance, saturation."""
+    f = rgb.reshape(-1, 3).astype(float)
+    hi, lo = f.max(axis=1), f.min(axis=1)
+    return np.column_stack([f, f @ [0.299, 0.587, 0.114], (hi - lo) / np.maximum(hi, 1)])
+
+
+def test_measures_detect_colour_coded_data():
+    # known answers on constructed data where colour does tell class and foreground
+    rng = np.random.default_rng(0)
+    y = rng.integers(3, size=300)
+    x = np.eye(3)[y] * 100 + rng.normal(0, 10, (300, 3))
+    assert nearest_mean_accuracy(x[:150], y[:150], x[150:], y[150:], 3) > 0.95
+    values = rng.normal(0, 1, 1000)
+    assert best_threshold_balanced_accuracy(values, values > 0.3) == 1.0
+    assert best_threshold_balanced_accuracy(values, values < -0.3) == 1.0
+    assert best_threshold_balanced_accuracy(values, rng.random(1000) < 0.2) < 0.6
+
+
+def test_class_is_not_predictable_from_colour(samples):
+    feats, labels, image_index = [], [], []
+    for i, s in enumerate(samples):
+        for m, c in zip(s.masks, s.classes):
+            feats.append(s.rgb[m].astype(float).mean(axis=0))
+            labels.append(c)
+            image_index.append(i)
+    feats, labels, image_index = map(np.array, (feats, labels, image_index))
+    train = image_index < len(samples) // 2
+    acc = nearest_mean_accuracy(feats[train], labels[train], feats[~train], labels[~train],
+                                len(synthetic.CLASSES))
+    assert acc < 0.3  # chance is 1/6; colour-coded classes would give ~1
+
+
+def test_foreground_is_not_separable_by_a_colour_threshold(samples):
+    feats = np.concatenate([colour_features(s.rgb) for s in samples])
+    fg = np.concatenate([s.masks.any(axis=0).ravel() for s in samples])
+    assert 0.05 < fg.mean() < 0.5
+    # one threshold on one colour feature over the dataset: close to chance (0.5)
+    for j in range(feats.shape[1]):
+        assert best_threshold_balanced_accuracy(feats[:, j], fg) < 0.6
+    # even the best threshold chosen per image (an oracle) leaves much of it wrong
+    per_image = [max(best_threshold_balanced_accuracy(f[:, j], s.masks.any(axis=0).ravel())
+                     for j in range(f.shape[1]))
+                 for s in samples for f in [colour_features(s.rgb)]]
+    assert np.median(per_image) < 0.9
+
+
+# ---------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("name, unit_area", [
+    ("circle", math.pi), ("square", 2.0), ("triangle", 3 * math.sqrt(3) / 4),
+    ("ring", math.pi * (1 - 0.5 ** 2)), ("cross", 4 * 0.95 * 0.32 * 2 - (2 * 0.32) ** 2)])
+def test_shape_areas(name, unit_area):
+    r = 40
+    for angle in (0.0, 0.7):
+        m = synthetic.shape_mask(name, 128, 64, 64, r, angle, 1.0, ring_inner=0.5)
+        assert m.sum() == pytest.approx(unit_area * r * r, rel=0.04)
+        ys, xs = np.nonzero(m)
+        assert ((ys + 0.5 - 64) ** 2 + (xs + 0.5 - 64) ** 2).max() <= (r + 1.5) ** 2
+
+
+def test_star_is_not_convex():
+    m = synthetic.shape_mask("star", 128, 64, 64, 40, 0.0, 1.0)
+    from skimage.morphology import convex_hull_image
+    assert m.sum() < 0.75 * convex_hull_image(m).sum()
+
+
+# ---------------------------------------------------------------- contracts
+
+def test_manifest_and_ground_truth_contracts(tmp_path):
+    prepare(dataset_cfg(seed=2, train_images=5, val_images=3), tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["classes"] == list(synthetic.CLASSES)
+    assert raw["ground_truth"] == {"train": "gt/train.json", "val": "gt/val.json"}
+    for rec in raw["images"]:
+        assert set(rec) == set(RECORD_KEYS)  # no masks, boxes or counts
+        assert rec["path"] == f"images/{rec['split']}/{rec['id']}.png"
+    m = read_manifest(tmp_path / "manifest.json")
+    assert [r.split for r in m.images] == ["train"] * 5 + ["val"] * 3
+    for split in ("train", "val"):
+        coco = COCO(str(tmp_path / "gt" / f"{split}.json"))
+        assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(synthetic.CLASSES)
+        for image in coco.dataset["images"]:
+            record = m.images[image["id"] - 1]  # COCO id = 1-based manifest position
+            assert record.id == image["name"] and record.split == split
+            assert np.asarray(Image.open(record.path)).shape == (64, 64, 3)
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+            names = {synthetic.CLASSES[a["category_id"] - 1] for a in anns}
+            assert set(record.labels) == names  # labels = classes of the visible instances
+            masks = np.stack([coco.annToMask(a) for a in anns]).astype(bool)
+            assert masks.any(axis=(1, 2)).all() and (masks.sum(axis=0) <= 1).all()
+            expected = synthetic.generate_image(2, split, int(record.id.split("_")[1]), 64)
+            assert np.array_equal(masks, expected.masks)
+            rle = decode([a["segmentation"]["counts"] for a in anns], 64, 64)
+            assert np.array_equal(rle, masks)
+
+
+def test_no_val_split(tmp_path):
+    m = prepare(dataset_cfg(val_images=0, train_images=2), tmp_path)
+    assert m.splits == ["train"] and list(m.ground_truth) == ["train"]
+    assert not (tmp_path / "gt" / "val.json").exists()
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"min_instances": 4, "max_instances": 2}, "min_instances"),
+    ({"seed": -1}, "seed"),
+    ({"image_size": 6000}, "max_image_pixels"),
+])
+def test_bad_options_are_input_errors(tmp_path, options, key):
+    with pytest.raises(InputError, match=key):
+        prepare(dataset_cfg(**options), tmp_path)
