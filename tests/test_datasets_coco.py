@@ -195,14 +195,21 @@ def test_coco_other_input_errors(coco_set, tmp_path):
     assert e.value.where.endswith("b.jpg")
 
 
-def test_coco_corrupt_and_mismatched_images_are_skipped(coco_set, tmp_path):
+def test_coco_corrupt_and_mismatched_images_are_skipped(coco_set, tmp_path, caplog):
     options, _ = coco_set
     (tmp_path / "train2017" / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    save_image(tmp_path / "train2017" / "b.jpg", h=H + 1)
     prepared = coco.read(options, tmp_path / "out", LIMITS)
-    assert [r.id for r in prepared.manifest.images] == ["7"]
+    assert [r.id for r in prepared.manifest.images] == ["102", "7"]
     reasons = {s["path"].rsplit("/", 1)[1]: s["reason"]
                for s in prepared.manifest.stats["skipped_files"]}
-    assert set(reasons) == {"a.jpg", "b.jpg", "c.jpg"}
-    assert "decode" in reasons["a.jpg"] and "30x21" in reasons["b.jpg"]
-    assert "train" not in prepared.ground_truth
+    assert set(reasons) == {"a.jpg", "c.jpg"} and "decode" in reasons["a.jpg"]
+    assert [im["name"] for im in prepared.ground_truth["train"]["images"]] == ["102"]
+
+    save_image(tmp_path / "train2017" / "b.jpg", h=H + 1)  # the JSON says 30x20
+    with pytest.raises(InputError, match="train split has no usable image"):
+        coco.read(options, tmp_path / "out", LIMITS)
+    assert "b.jpg: image is 30x21 but train.json says 30x20" in caplog.text
+    prepared = coco.read({**options, "train_annotations": options["val_annotations"],
+                          "train_images": options["val_images"], "val_annotations": None},
+                         tmp_path / "out", LIMITS)
+    assert [r.id for r in prepared.manifest.images] == ["7"]

@@ -197,7 +197,7 @@ def test_voc_downscales_large_images_with_their_masks(voc_tree, tmp_path):
 
 
 def test_voc_errors_name_the_file(voc_tree, tmp_path):
-    root, _ = voc_tree
+    root, scenes = voc_tree
     d = root / "VOC2012"
     with pytest.raises(InputError, match="sbd_root"):
         voc.read({"root": str(root), "train_split": "train_aug"}, tmp_path / "o", LIMITS)
@@ -213,6 +213,13 @@ def test_voc_errors_name_the_file(voc_tree, tmp_path):
     save_label_png(d / "SegmentationObject" / "2007_000002.png", np.zeros((5, 5), np.uint8))
     with pytest.raises(InputError, match="differs"):
         voc.read({"root": str(root)}, tmp_path / "o", LIMITS)
+    cls, _ = scenes["2007_000004"]
+    save_label_png(d / "SegmentationClass" / "2007_000004.png", np.where(cls == 1, 40, cls))
+    with pytest.raises(InputError, match="40") as e:
+        voc.read({"root": str(root), "train_split": "val", "val_split": None}, tmp_path / "o",
+                 LIMITS)
+    assert e.value.where.endswith("SegmentationClass/2007_000004.png")
+    save_label_png(d / "SegmentationClass" / "2007_000004.png", cls)
     (d / "JPEGImages" / "2007_000004.jpg").unlink()
     with pytest.raises(InputError) as e:
         voc.read({"root": str(root), "train_split": "val", "val_split": None}, tmp_path / "o",

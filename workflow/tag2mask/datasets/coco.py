@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..groundtruth import CocoBuilder
 from ..manifest import Manifest, make_record
 from . import Prepared
-from .common import DatasetStats, ImageChecker, resize_labels
+from .common import DatasetStats, ImageChecker, require_splits, resize_labels
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,8 @@ def read(options, out_dir, limits):
             image_path = image_dir / im["file_name"]
             anns = by_image.get(im["id"], [])
             objects = [a for a in anns if not a.get("iscrowd", 0)]
+            if not image_path.is_file():
+                raise InputError(image_path, "image file not found")
             if not objects:
                 stats.skip(image_path, "no non-crowd annotation (empty tag list)")
                 continue
@@ -180,7 +182,7 @@ def read(options, out_dir, limits):
                               crowd=list(zip(crowd_classes, crowd_masks)))
             stats.add_instances(split, [classes[c] for m, c in zip(masks, mask_classes) if m.any()],
                                 crowd=sum(bool(m.any()) for m in crowd_masks))
+    require_splits(records, list(loaded), stats, "dataset.coco")
     manifest = Manifest("coco", classes, records,
                         stats.to_dict(records, classes, has_ground_truth=True))
-    ground_truth = {s: b.to_dict() for s, b in builders.items() if any(r.split == s for r in records)}
-    return Prepared(manifest, ground_truth)
+    return Prepared(manifest, {s: b.to_dict() for s, b in builders.items()})

@@ -57,7 +57,6 @@ class DatasetStats:
         self.skipped_files = []
         self.converted_to_rgb = 0
         self.downscaled = 0
-        self.class_images = defaultdict(Counter)  # split -> class name -> images
         self.class_instances = defaultdict(Counter)  # split -> class name -> instances
         self.crowd_regions = 0
         self.extra = {}
@@ -72,9 +71,10 @@ class DatasetStats:
 
     def to_dict(self, records, classes, has_ground_truth):
         splits = {s: 0 for s in SPLITS if any(r.split == s for r in records)}
+        class_images = defaultdict(Counter)
         for r in records:
             splits[r.split] += 1
-            self.class_images[r.split].update(r.labels)
+            class_images[r.split].update(r.labels)
 
         def per_class(counter_by_split):
             return {s: {c: counter_by_split[s][c] for c in classes} for s in splits}
@@ -86,7 +86,7 @@ class DatasetStats:
             "skipped_files": self.skipped_files,
             "converted_to_rgb": self.converted_to_rgb,
             "downscaled": self.downscaled,
-            "class_images": per_class(self.class_images),
+            "class_images": per_class(class_images),
         }
         if has_ground_truth:
             stats["instances"] = {s: sum(self.class_instances[s].values()) for s in splits}
@@ -158,6 +158,14 @@ class ImageChecker:
             small.save(tmp, format="PNG")
         log.info("%s: %dx%d downscaled to %dx%d -> %s", path, w, h, nw, nh, out)
         return out, (nw, nh)
+
+
+def require_splits(records, splits, stats, where):
+    """Every configured split must keep at least one image: the workflow expects its files."""
+    for split in splits:
+        if not any(r.split == split for r in records):
+            raise InputError(where, f"the {split} split has no usable image "
+                                    f"({len(stats.skipped_files)} skipped in all; see the log)")
 
 
 def _decode(img, path):

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..groundtruth import CocoBuilder
 from ..manifest import Manifest, make_record
 from . import Prepared
-from .common import DatasetStats, ImageChecker, read_label_png, resize_labels
+from .common import DatasetStats, ImageChecker, read_label_png, require_splits, resize_labels
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +102,18 @@ class VocSource:
         return path  # ImageChecker reports it when missing
 
     def annotation(self, image_id):
-        """(class map, instance map, instance classes or None, source) as uint8 arrays."""
+        """(class map, instance map, instance classes or None, class map file): the maps as
+        uint8 arrays; instance classes are given by SBD only."""
         cls_png = self.voc / "SegmentationClass" / f"{image_id}.png"
         obj_png = self.voc / "SegmentationObject" / f"{image_id}.png"
         if self.sbd is not None and not cls_png.is_file():
-            return (*read_sbd(self.sbd, image_id), "sbd")
+            return (*read_sbd(self.sbd, image_id), self.sbd / "cls" / f"{image_id}.mat")
         cls = read_label_png(cls_png, "SegmentationClass PNG")
         obj = read_label_png(obj_png, "SegmentationObject PNG")
         if cls.shape != obj.shape:
             raise InputError(obj_png, f"size {obj.shape[::-1]} differs from its "
                                       f"SegmentationClass PNG {cls.shape[::-1]}")
-        return cls, obj, None, "voc"
+        return cls, obj, None, cls_png
 
 
 def _mat_struct(path, name, fields):
@@ -209,9 +210,17 @@ def read(options, out_dir, limits):
     for split, ids in splits:
         builder = builders[split] = CocoBuilder(classes, f"VOC2012 {split} ({voc})")
         for image_id in tqdm(ids, desc=f"voc {split}", unit="img", mininterval=5):
-            cls, obj, categories, origin = source.annotation(image_id)
-            labels = [classes[c - 1] for c in np.unique(cls) if 1 <= c <= len(classes)]
+            cls, obj, categories, cls_path = source.annotation(image_id)
+            values = np.unique(cls)
+            bad = values[(values > len(classes)) & (values != VOID)]
+            if len(bad):
+                raise InputError(cls_path,
+                                 f"values {bad.tolist()} are neither a VOC class index "
+                                 f"(1..{len(classes)}) nor void (255)")
+            labels = [classes[c - 1] for c in values if 1 <= c <= len(classes)]
             image_path = source.image_path(image_id)
+            if not image_path.is_file():
+                raise InputError(image_path, "image file not found")
             if not labels:
                 stats.skip(image_path, "no object of the VOC classes in its class map")
                 continue
@@ -226,7 +235,7 @@ def read(options, out_dir, limits):
                 cls, obj = resize_labels(cls, checked.size), resize_labels(obj, checked.size)
             masks, mask_classes, void, n_unclassed = instances(cls, obj, categories)
             unclassed += n_unclassed
-            from_sbd += origin == "sbd"
+            from_sbd += categories is not None
             record = make_record(image_id, checked.path, checked.width, checked.height, split,
                                  labels, classes)
             records.append(record)
@@ -234,10 +243,10 @@ def read(options, out_dir, limits):
             stats.add_instances(split, [classes[c] for c in mask_classes])
     if unclassed:
         log.warning("%d instance(s) had no class pixels under them and were left out", unclassed)
+    require_splits(records, [s for s, _ in splits], stats, voc)
     stats.extra["instances_without_class"] = unclassed
     if sbd is not None:
         stats.extra["annotations_from_sbd"] = from_sbd
     manifest = Manifest("voc", classes, records,
                         stats.to_dict(records, classes, has_ground_truth=True))
-    ground_truth = {s: b.to_dict() for s, b in builders.items() if any(r.split == s for r in records)}
-    return Prepared(manifest, ground_truth)
+    return Prepared(manifest, {s: b.to_dict() for s, b in builders.items()})
