@@ -1,0 +1,265 @@
+"""Proposal retrieval: known answers on constructed inputs (PRM, WISE, NMS merging, area limits),
+the vectorised selection against the per-peak per-proposal loop, and the retrieve command."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tag2mask import masks as mask_rle
+from tag2mask.cli import main
+from tag2mask.config import section_options
+from tag2mask.errors import InputError
+from tag2mask.manifest import read_manifest
+from tag2mask.retrieval import (contour_size, morphological_gradient, prepare_image, select,
+                                select_reference_loop, working_shape)
+from tag2mask.pseudo_masks import retrieve_image
+from tag2mask.store import StoreReader, StoreWriter, gather
+
+from conftest import build_manifest
+
+H, W = 40, 60
+
+
+def opts(**kw):
+    return {**section_options("{}", "retrieval"), **kw}
+
+
+def box(y0, y1, x0, x1, shape=(H, W)):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def peaks_entry(responses, classes, values, class_maps, map_classes, peak_yx=None):
+    responses = np.asarray(responses, np.float32)
+    responses = responses / np.maximum(responses.sum((1, 2)), 1e-12)[:, None, None]
+    if peak_yx is None:
+        peak_yx = [np.unravel_index(r.argmax(), r.shape) for r in responses]
+    return {"peak_class": np.asarray(classes, np.int16),
+            "peak_yx": np.asarray(peak_yx, np.float32).reshape(-1, 2),
+            "peak_value": np.asarray(values, np.float32),
+            "response_maps": responses.astype(np.float16),
+            "map_classes": np.asarray(map_classes, np.int16),
+            "class_maps": np.asarray(class_maps, np.float16)}
+
+
+# The scene: one object (a 16x20 box); proposals: the object, the whole image, a small part of
+# the object, a large box (70% of the image) containing the object, and one elsewhere.
+OBJECT = box(10, 26, 15, 35)
+PROPOSALS = [OBJECT, np.ones((H, W), bool), box(14, 22, 20, 28), box(2, 38, 5, 52),
+             box(28, 38, 40, 55)]
+OBJECTNESS = [0.2, 0.99, 0.5, 0.3, 0.95]
+
+
+def scene_peaks(n_peaks=1):
+    yy, xx = np.mgrid[:H, :W]
+    r1 = OBJECT * np.exp(-((yy - 18) ** 2 + (xx - 25) ** 2) / 60.0) + 1e-6 * OBJECT
+    r2 = OBJECT * np.exp(-((yy - 14) ** 2 + (xx - 31) ** 2) / 40.0) + 1e-6 * OBJECT
+    class_map = np.where(OBJECT, 3.0, -1.0)
+    resp = [r1, r2][:n_peaks]
+    return peaks_entry(resp, [1] * n_peaks, [2.0, 1.0][:n_peaks], [class_map], [1])
+
+
+def run_scene(peaks, **kw):
+    props = {"masks": mask_rle.encode(np.stack(PROPOSALS)),
+             "scores": np.asarray(OBJECTNESS, np.float32)}
+    o = opts(working_size=64, **kw)
+    inp = prepare_image(peaks, props["masks"], props["scores"], H, W, o)
+    return inp, select(inp, o), select_reference_loop(inp, o)
+
+
+def test_prm_picks_the_object():
+    inp, sel, ref = run_scene(scene_peaks(1))
+    assert inp.valid.tolist() == [True, False, True, True, True]  # whole image >= 0.85
+    assert sel.proposal.tolist() == [0] and ref.proposal.tolist() == [0]
+    assert sel.kept.tolist() == [0]
+    # score = a * 1 (all response inside) + response on the contour band - b * 0 background
+    assert 0.8 < sel.score[0] < 1.8
+    # confidence = sigmoid(peak value) * response mass inside (all of it)
+    assert sel.confidence[0] == pytest.approx(1 / (1 + np.exp(-2.0)), rel=1e-4)
+
+
+def test_prm_background_penalty_and_area_limits():
+    peaks = scene_peaks(1)
+    # The large box holds all the response too, but 70% of the image is background: with a
+    # strong penalty it loses clearly, with none it loses only the contour term.
+    _, sel, _ = run_scene(peaks, b=0.0)
+    assert sel.proposal[0] == 0
+    inp, sel, ref = run_scene(peaks, max_area=0.1)  # the object (13%) is now too large
+    assert not inp.valid[0] and not inp.valid[3]
+    assert sel.proposal[0] == 2 and ref.proposal[0] == 2  # the small part inside the object
+    inp, sel, _ = run_scene(peaks, max_area=0.1, min_area=0.03)  # and the part too small
+    assert sel.proposal[0] == 4 or sel.proposal[0] == -1
+    assert not inp.valid[2]
+
+
+def test_wise_picks_highest_objectness_covering_the_point():
+    peaks = scene_peaks(1)
+    inp, sel, ref = run_scene(peaks, method="wise")
+    # The response argmax (18, 25) is covered by proposals 0, 1 (excluded: whole image), 2, 3;
+    # proposal 4 (0.95) does not cover it.
+    assert inp.covers[:, 0].tolist() == [True, True, True, True, False]
+    assert sel.proposal[0] == 2 and ref.proposal[0] == 2
+    assert sel.score[0] == pytest.approx(0.5)
+    _, sel, _ = run_scene(peaks, method="wise", min_area=0.03)  # the part is now too small
+    assert sel.proposal[0] == 3  # the large box (0.3) beats the object (0.2)
+    # point=peak uses the stored peak location instead: (30, 45) lies only in proposals 1, 3, 4
+    peaks["peak_yx"] = np.array([[30.0, 45.0]], np.float32)
+    _, sel, _ = run_scene(peaks, method="wise", point="peak")
+    assert sel.proposal[0] == 4
+
+
+def test_nms_merges_two_peaks_on_one_object():
+    peaks = scene_peaks(2)
+    inp, sel, ref = run_scene(peaks)
+    assert sel.proposal.tolist() == [0, 0]
+    assert len(sel.kept) == 1
+    keeper = sel.kept[0]
+    assert sel.merged_into[1 - keeper] == keeper and sel.merged_into[keeper] == -1
+    assert ref.kept.tolist() == sel.kept.tolist()
+    assert ref.merged_into.tolist() == sel.merged_into.tolist()
+    # Without NMS both instances stay.
+    _, sel2, _ = run_scene(peaks, nms_iou=None)
+    assert sorted(sel2.kept.tolist()) == [0, 1]
+    # A peak of another class on the same object survives class-aware NMS only.
+    peaks["peak_class"] = np.array([1, 2], np.int16)
+    peaks["map_classes"] = np.array([1, 2], np.int16)
+    peaks["class_maps"] = np.concatenate([peaks["class_maps"]] * 2)
+    _, sel3, _ = run_scene(peaks, nms_class_agnostic=False)
+    assert sorted(sel3.kept.tolist()) == [0, 1]
+    _, sel4, _ = run_scene(peaks)
+    assert len(sel4.kept) == 1
+
+
+def test_merged_response_raises_confidence():
+    # Peak 0: 60% of its response on the object, 40% on a ring just below it (the object's outer
+    # contour band, so the object still scores best). Peak 1: all inside the object.
+    # Peak 0 wins NMS and peak 1's response is merged in: the inside share goes 0.6 -> 0.8.
+    ring = box(26, 28, 15, 35)
+    r0 = 0.6 * OBJECT / OBJECT.sum() + 0.4 * ring / ring.sum()
+    r1 = box(20, 24, 30, 33)  # inside the object, clear of its contour band and the part
+    peaks = peaks_entry([r0, r1], [1, 1], [2.0, 1.0], [np.where(OBJECT, 3.0, -1.0)], [1])
+    _, alone, _ = run_scene(peaks, nms_iou=None)
+    _, merged, ref = run_scene(peaks)
+    assert alone.proposal.tolist() == [0, 0] and merged.kept.tolist() == [0]
+    sig = 1 / (1 + np.exp(-2.0))
+    assert alone.confidence[alone.kept.tolist().index(0)] == pytest.approx(sig * 0.6, rel=2e-3)
+    assert merged.confidence[0] == pytest.approx(sig * 0.8, rel=2e-3)
+    np.testing.assert_allclose(merged.confidence, ref.confidence, rtol=1e-4)
+
+
+def _random_blobs(rng, n, shape):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    cy, cx = rng.uniform(0, shape[0], n), rng.uniform(0, shape[1], n)
+    ry, rx = rng.uniform(2, shape[0] / 2, n), rng.uniform(2, shape[1] / 2, n)
+    return ((yy - cy[:, None, None]) / ry[:, None, None]) ** 2 + \
+        ((xx - cx[:, None, None]) / rx[:, None, None]) ** 2 < 1
+
+
+@pytest.mark.parametrize("method,extra", [("prm", {}), ("wise", {}),
+                                          ("prm", {"nms_class_agnostic": False, "b": 1e-3}),
+                                          ("wise", {"point": "peak", "nms_iou": 0.5})])
+def test_vectorised_equals_loop_on_random_inputs(method, extra):
+    rng = np.random.default_rng(7)
+    h, w, mh, mw = 75, 100, 24, 32
+    for trial in range(2):
+        n_props, n_peaks = 60, 7
+        props = _random_blobs(rng, n_props, (h, w))
+        # Smooth random responses and class maps at map resolution.
+        resp = rng.random((n_peaks, mh, mw)) * (_random_blobs(rng, n_peaks, (mh, mw)) + 0.05)
+        # Several peaks share a blob so that NMS has duplicates to merge.
+        resp[1] = resp[0] * rng.uniform(0.5, 1.5, (mh, mw))
+        peaks = peaks_entry(resp, rng.integers(0, 3, n_peaks), rng.normal(0, 2, n_peaks),
+                            rng.normal(0, 1, (3, mh, mw)), [0, 1, 2],
+                            peak_yx=rng.uniform(0, [h - 1, w - 1], (n_peaks, 2)))
+        o = opts(method=method, working_size=64, top_proposals=50, **extra)
+        counts = mask_rle.encode(props)
+        inp = prepare_image(peaks, counts, rng.random(n_props).astype(np.float32), h, w, o)
+        a, b = select(inp, o), select_reference_loop(inp, o)
+        assert a.proposal.tolist() == b.proposal.tolist(), trial
+        ok = b.proposal >= 0
+        np.testing.assert_allclose(a.score[ok], b.score[ok], rtol=1e-4, atol=1e-6)
+        assert a.kept.tolist() == b.kept.tolist()
+        assert a.merged_into.tolist() == b.merged_into.tolist()
+        np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-4, atol=1e-7)
+        assert len(a.kept) > 0
+
+
+def test_working_resolution_and_contour():
+    assert working_shape(375, 500, 128) == (96, 128)
+    assert working_shape(40, 60, 128) == (40, 60)  # never upsampled
+    assert contour_size(5, 40, 40) == 5 and contour_size(5, 375, 96) == 3
+    assert contour_size(11, 100, 100) == 11 and contour_size(10, 100, 50) == 5
+    import torch
+    stack = torch.from_numpy(np.stack([box(5, 15, 5, 15, (20, 20)), box(0, 20, 0, 20, (20, 20))]))
+    grad = morphological_gradient(stack, 5).numpy()
+    assert grad[0].sum() == 14 * 14 - 6 * 6  # 2 px outside + 2 px inside the box edge
+    assert grad[1].sum() == 0  # the image border is no contour
+
+
+def test_peak_without_class_map_is_an_input_error():
+    peaks = scene_peaks(1)
+    peaks["map_classes"] = np.array([0], np.int16)
+    with pytest.raises(InputError, match="no stored class map"):
+        run_scene(peaks)
+
+
+def test_no_peaks_gives_an_empty_image():
+    peaks = peaks_entry(np.zeros((0, 8, 12)), [], [], np.zeros((0, 8, 12)), [])
+    arrays, attrs, _ = retrieve_image(peaks, {"masks": [], "scores": np.zeros(0)}, H, W, opts())
+    assert attrs["retrieval_status"] == "no_peaks" and arrays["masks"] == []
+
+
+def _write_inputs(tmp_path):
+    manifest_path = build_manifest(tmp_path, n_images=5, size=(W, H))
+    m = read_manifest(manifest_path)
+    peaks = scene_peaks(2)
+    props = np.stack(PROPOSALS)
+    with StoreWriter(tmp_path / "peaks.h5", "peaks", m.classes, attrs={"map_size": 60}) as pw, \
+            StoreWriter(tmp_path / "props.h5", "proposals", m.classes) as qw:
+        for i, rec in enumerate(m.images[:4]):  # the last image is not in the peaks store
+            entry = peaks if i != 2 else peaks_entry(np.zeros((0, 40, 60)), [], [],
+                                                     np.zeros((0, 40, 60)), [])
+            pw.add(rec.id, H, W, entry, {"num_peaks": len(entry["peak_class"])})
+        for rec in m.images:
+            qw.add(rec.id, H, W, {"masks": mask_rle.encode(props),
+                                  "scores": np.asarray(OBJECTNESS, np.float32)})
+    return manifest_path
+
+
+def test_retrieve_command_writes_shards_that_gather(tmp_path):
+    manifest_path = _write_inputs(tmp_path)
+    cfg = json.dumps({"working_size": 64})
+    shards = []
+    for shard in range(2):
+        out = tmp_path / f"shards/{shard}.h5"
+        assert main(["retrieve", "--peaks", str(tmp_path / "peaks.h5"), "--proposals",
+                     str(tmp_path / "props.h5"), "--manifest", str(manifest_path),
+                     "--config", cfg, "--shard", str(shard), "--num-shards", "2",
+                     "--out", str(out)]) == 0
+        shards.append(out)
+    gather(shards, tmp_path / "pseudo.h5")
+    with StoreReader(tmp_path / "pseudo.h5", "pseudo_masks") as r:
+        assert r.attrs["method"] == "prm"
+        assert sorted(r.image_ids) == ["img0", "img1", "img2", "img3"]  # img4 has no peaks entry
+        e = r.read("img0")
+        assert e["retrieval_status"] == "ok" and e["num_peaks"] == 2 and e["peaks_merged"] == 1
+        np.testing.assert_array_equal(mask_rle.decode(e["masks"], H, W)[0], OBJECT)
+        assert e["labels"].dtype == np.int16 and e["labels"].tolist() == [1]
+        assert e["scores"].dtype == np.float32 and 0 < e["scores"][0] <= 1
+        np.testing.assert_array_equal(e["boxes"], [[15, 10, 35, 26]])
+        assert e["peak_index"].dtype == np.int32 and e["peak_yx"].shape == (1, 2)
+        empty = r.read("img2")
+        assert empty["retrieval_status"] == "no_peaks" and empty["masks"] == []
+        assert empty["boxes"].shape == (0, 4)
+
+
+def test_retrieve_refuses_mismatched_classes(tmp_path):
+    manifest_path = _write_inputs(tmp_path)
+    with StoreWriter(tmp_path / "other.h5", "proposals", ["x", "y", "z"]):
+        pass
+    with pytest.raises(InputError, match="differ from the manifest"):
+        from tag2mask.pseudo_masks import write_shard
+        write_shard(tmp_path / "peaks.h5", tmp_path / "other.h5", manifest_path, opts(), 0, 1,
+                    tmp_path / "out.h5")
