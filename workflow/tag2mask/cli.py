@@ -15,6 +15,7 @@ from .errors import InputError
 # subcommand -> module that implements it (in pipeline order)
 COMMANDS = {
     "prepare-dataset": "tag2mask.datasets.cli",
+    "retrieve": "tag2mask.retrieval_cli",
     "export-coco": "tag2mask.export_cli",
     "evaluate": "tag2mask.evaluate_cli",
 }
