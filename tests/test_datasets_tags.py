@@ -76,7 +76,8 @@ def test_tags_val_fraction_is_a_stable_hash(tmp_path):
 
 @pytest.mark.parametrize("rows, header, problem", [
     (["a.jpg,cat zebra"], "image,labels", "line 2: unknown class 'zebra'"),
-    (["a.jpg,cat", "b.jpg,dog", "a.jpg,dog"], "image,labels", "line 4: image 'a.jpg' already listed on line 2"),
+    (["a.jpg,cat", "b.jpg,dog", "a.jpg,dog"], "image,labels",
+     "line 4: image 'a.jpg' already listed on line 2"),
     (["a.jpg,cat", "missing.jpg,cat"], "image,labels", "line 3: image 'missing.jpg' not found"),
     (["a.jpg,cat"], "file,tags", "header"),
     (["a.jpg,cat,dog"], "image,labels", "line 2: expected 2 columns"),
@@ -101,7 +102,8 @@ def test_cli_reports_input_error_in_one_line(folder, tmp_path, capsys):
     csv = write_csv(tmp_path / "labels.csv", ["a.jpg,zebra"])
     cfg = {"kind": "tags", "tags": {"images": str(folder), "labels_csv": str(csv),
                                     "classes": ["cat"]}}
-    rc = cli.main(["prepare-dataset", "--config", json.dumps(cfg), "--out-dir", str(tmp_path / "o")])
+    rc = cli.main(["prepare-dataset", "--config", json.dumps(cfg),
+                   "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert str(csv) in err and "zebra" in err and "line 2" in err
@@ -159,7 +161,8 @@ def test_corrupt_images_are_skipped_and_counted(folder, tmp_path):
     m = tags.read({"images": str(folder), "labels_csv": str(csv)}, tmp_path / "o", LIMITS).manifest
     assert [r.id for r in m.images] == ["b.jpg"]
     assert m.stats["skipped"] == 2
-    assert sorted(s["path"].rsplit("/", 1)[1] for s in m.stats["skipped_files"]) == ["a.jpg", "c.png"]
+    skipped = sorted(s["path"].rsplit("/", 1)[1] for s in m.stats["skipped_files"])
+    assert skipped == ["a.jpg", "c.png"]
     assert all("cannot decode" in s["reason"] for s in m.stats["skipped_files"])
 
 

@@ -177,7 +177,8 @@ def read(options, out_dir, limits):
             record = make_record(image_id, checked.path, checked.width, checked.height, split,
                                  labels, classes)
             records.append(record)
-            stacked = np.stack(masks) if masks else np.zeros((0, checked.height, checked.width), bool)
+            empty = np.zeros((0, checked.height, checked.width), bool)
+            stacked = np.stack(masks) if masks else empty
             builder.add_image(len(records), record, stacked, mask_classes,
                               crowd=list(zip(crowd_classes, crowd_masks)))
             stats.add_instances(split, [classes[c] for m, c in zip(masks, mask_classes) if m.any()],

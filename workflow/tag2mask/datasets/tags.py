@@ -109,6 +109,9 @@ def read(options, out_dir, limits):
                 continue
             records.append(make_record(name, checked.path, checked.width, checked.height,
                                        split, labels, classes))
+    if val_fraction > 0 and not any(r.split == "val" for r in records):
+        log.warning("val_fraction=%g but no image fell into the val split (%d images)",
+                    val_fraction, len(records))
     stats.extra["val_fraction"] = val_fraction
     manifest = Manifest("tags", classes, records,
                         stats.to_dict(records, classes, has_ground_truth=False))

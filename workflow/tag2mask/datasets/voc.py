@@ -87,7 +87,8 @@ class VocSource:
                 raise InputError("dataset.voc.train_split",
                                  "train_aug needs dataset.voc.sbd_root (the SBD folder)")
             lists = self.voc / "ImageSets" / "Segmentation"
-            ids = set(read_id_list(self.sbd / "train.txt")) | set(read_id_list(self.sbd / "val.txt"))
+            ids = set(read_id_list(self.sbd / "train.txt"))
+            ids |= set(read_id_list(self.sbd / "val.txt"))
             ids |= set(read_id_list(lists / "train.txt"))
             ids -= set(read_id_list(lists / "val.txt"))
             return sorted(ids)
