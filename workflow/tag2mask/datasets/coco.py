@@ -166,9 +166,9 @@ def read(options, out_dir, limits):
                 continue
 
             def masks_of(group):
-                ms = [annotation_mask(ann_path, a, h, w) for a in group]
-                if checked.resized:
-                    ms = [resize_labels(m, checked.size) for m in ms]
+                # resize each mask as it is decoded: only one full-size mask at a time
+                ms = [resize_labels(annotation_mask(ann_path, a, h, w), checked.size)
+                      for a in group]
                 return ms, [class_of[a["category_id"]] for a in group]
 
             masks, mask_classes = masks_of(objects)
