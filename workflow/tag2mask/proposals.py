@@ -1,0 +1,532 @@
+"""Built-in mask proposals: selective-search style hierarchical grouping, vectorised.
+
+No MATLAB, no learned model: scikit-image's Felzenszwalb over-segmentation plus numpy.
+
+Per image:
+1. The image is downscaled to `working_size` (longest side) for all the work below; the
+   final masks are upsampled back to image resolution (nearest neighbour on a label map).
+2. Over-segmentation: Felzenszwalb-Huttenlocher graph segmentation in each colour space and
+   at each scale k (`colour_spaces` x `scales`).
+3. Hierarchical grouping, once per (over-segmentation, similarity mix): the most similar
+   pair of adjacent regions is merged until one region is left (Uijlings et al. 2013). Region
+   features are numpy arrays (colour histograms: 25 bins per channel; texture histograms:
+   Gaussian derivatives in 8 orientations, 10 bins per channel; size; bounding box); a merge
+   forms the new region's histograms as the size-weighted sum of its parts. Adjacency comes
+   from np.unique on the label pairs of neighbouring pixels. Similarity mixes are strings of
+   the letters C (colour), T (texture), S (size: small regions merge first) and F (fill: how
+   well two regions fit into their joint box), e.g. "CTSF".
+4. Every region of every hierarchy is a set of superpixels, kept as a row of a boolean matrix
+   [regions, superpixels]. To compare regions from different over-segmentations, all
+   over-segmentations are overlaid into "atoms" (pixels with the same superpixel in every
+   over-segmentation); a region's mask is then a boolean row over atoms, obtained by one
+   indexing operation, and materialising a mask is one more.
+5. Exact duplicates (equal atom rows) are joined; IoU between all candidates is one matrix
+   product of the atom-membership matrix weighted by atom areas.
+6. Ranking and score (see `objectness`), then greedy de-duplication in rank order: a
+   proposal whose IoU with a better-ranked kept proposal exceeds `dedup_iou` is dropped;
+   the best `max_proposals` are kept.
+
+The score is an objectness proxy (higher is better), used by WISE-style retrieval ("the
+highest-objectness proposal covering the peak"); `objectness` documents how it is made.
+"""
+
+import heapq
+import logging
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy import ndimage, sparse
+from skimage import color, transform
+from skimage.segmentation import felzenszwalb
+
+log = logging.getLogger(__name__)
+
+COLOUR_SPACES = ("rgb", "hsv", "lab", "rgi", "opponent")
+SIMILARITY_LETTERS = "CTSF"
+COLOUR_BINS = 25
+TEXTURE_BINS = 10
+TEXTURE_ORIENTATIONS = 8
+
+
+@dataclass(frozen=True)
+class ProposalSettings:
+    """Generator settings; the `proposals` config section without the import keys."""
+    max_proposals: int = 1000
+    working_size: int = 256
+    scales: tuple = (100, 300)
+    colour_spaces: tuple = ("hsv", "lab")
+    strategies: tuple = ("CTSF", "TSF")
+    sigma: float = 0.8
+    min_size: int = 20
+    dedup_iou: float = 0.9
+    min_area: float = 0.0005
+    seed: int = 0
+
+    @classmethod
+    def from_options(cls, options):
+        names = cls.__dataclass_fields__
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()
+              if k in names}
+        return cls(**kw)
+
+    def __post_init__(self):
+        for cs in self.colour_spaces:
+            if cs not in COLOUR_SPACES:
+                raise ValueError(f"unknown colour space {cs!r}; known: {COLOUR_SPACES}")
+        for s in self.strategies:
+            if not s or set(s) - set(SIMILARITY_LETTERS):
+                raise ValueError(f"similarity mix {s!r} must use letters of {SIMILARITY_LETTERS}")
+
+
+@dataclass
+class Proposals:
+    """Proposals of one image, best first. `members` [M, A] bool over `atoms` ([h, w] label
+    map at working resolution); masks at any resolution via `rle` / `masks`."""
+    members: np.ndarray
+    scores: np.ndarray
+    atoms: np.ndarray
+    height: int
+    width: int
+
+    def __len__(self):
+        return len(self.scores)
+
+    def masks(self):
+        """Bool [M, H, W] at image resolution (memory: M*H*W bytes; use rle() for many)."""
+        full = upsample_labels(self.atoms, self.height, self.width)
+        return self.members[:, full]
+
+    def rle(self):
+        """COCO RLE counts strings at image resolution, one per proposal."""
+        return members_to_rle(self.members, upsample_labels(self.atoms, self.height, self.width))
+
+
+# ---------------------------------------------------------------------------------------
+# image preparation
+
+
+def working_image(rgb, working_size):
+    """RGB float [h, w, 3] in [0, 1], downscaled so the longest side is <= working_size."""
+    rgb = np.asarray(rgb)
+    h, w = rgb.shape[:2]
+    img = rgb.astype(np.float64) / 255.0
+    scale = working_size / max(h, w)
+    if scale < 1:
+        shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+        img = transform.resize(img, shape, anti_aliasing=True, order=1)
+    return np.clip(img, 0, 1)
+
+
+def to_colour_space(img, space):
+    """Channels of `img` (RGB float in [0, 1]) in colour space `space`, each scaled to [0, 1]."""
+    if space == "rgb":
+        out = img
+    elif space == "hsv":
+        out = color.rgb2hsv(img)
+    elif space == "lab":
+        out = (color.rgb2lab(img) + [0.0, 128.0, 128.0]) / [100.0, 255.0, 255.0]
+    elif space == "rgi":  # normalised r, g and intensity: invariant to shading
+        s = img.sum(-1, keepdims=True) + 1e-6
+        out = np.concatenate([img[..., :2] / s, img.mean(-1, keepdims=True)], -1)
+    elif space == "opponent":
+        r, g, b = img[..., 0], img[..., 1], img[..., 2]
+        out = np.stack([(r - g + 1) / 2, (r + g - 2 * b + 2) / 4, (r + g + b) / 3], -1)
+    else:
+        raise ValueError(f"unknown colour space {space!r}")
+    return np.clip(out, 0, 1)
+
+
+def upsample_labels(labels, height, width):
+    """Nearest-neighbour resize of a label map to (height, width) by index arithmetic."""
+    h, w = labels.shape
+    if (h, w) == (height, width):
+        return labels
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+# ---------------------------------------------------------------------------------------
+# region features and adjacency
+
+
+def region_histograms(labels, n, values, bins):
+    """Per-region L1-normalised histograms of `values` [H, W, K] in [0, 1]: [n, K*bins]."""
+    k = values.shape[-1]
+    b = np.minimum((values * bins).astype(np.int64), bins - 1)
+    idx = labels[..., None] * (k * bins) + np.arange(k) * bins + b
+    hist = np.bincount(idx.ravel(), minlength=n * k * bins).reshape(n, k * bins)
+    hist = hist.astype(np.float64)
+    return hist / np.maximum(hist.sum(1, keepdims=True), 1e-12)
+
+
+def texture_values(img):
+    """Gaussian-derivative responses in 8 orientations per channel, scaled to [0, 1]:
+    [H, W, 8 * channels] (the SIFT-like texture of selective search)."""
+    out = []
+    angles = np.arange(TEXTURE_ORIENTATIONS) * (2 * np.pi / TEXTURE_ORIENTATIONS)
+    for c in range(img.shape[-1]):
+        gy = ndimage.gaussian_filter(img[..., c], 1.0, order=(1, 0))
+        gx = ndimage.gaussian_filter(img[..., c], 1.0, order=(0, 1))
+        d = np.cos(angles) * gx[..., None] + np.sin(angles) * gy[..., None]
+        d = np.maximum(d, 0)
+        out.append(d / max(d.max(), 1e-12))
+    return np.concatenate(out, -1)
+
+
+def adjacency(labels):
+    """Unique 4-neighbour label pairs (a < b) and the number of pixel pairs on each boundary."""
+    pairs = np.concatenate([
+        np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], 1),
+        np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], 1)])
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs.sort(axis=1)
+    return np.unique(pairs, axis=0, return_counts=True)
+
+
+def boxes_of(labels, n):
+    """Bounding boxes [n, 4] (r0, c0, r1, c1 inclusive) of each label."""
+    rows, cols = np.indices(labels.shape)
+    flat = labels.ravel()
+    box = np.empty((n, 4), np.int64)
+    box[:, 0] = np.full(n, labels.shape[0]); box[:, 1] = np.full(n, labels.shape[1])
+    box[:, 2] = -1; box[:, 3] = -1
+    np.minimum.at(box[:, 0], flat, rows.ravel())
+    np.minimum.at(box[:, 1], flat, cols.ravel())
+    np.maximum.at(box[:, 2], flat, rows.ravel())
+    np.maximum.at(box[:, 3], flat, cols.ravel())
+    return box
+
+
+# ---------------------------------------------------------------------------------------
+# hierarchical grouping
+
+
+def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix):
+    """Greedy grouping of adjacent regions by similarity `mix` (letters of "CTSF").
+
+    Returns members [2n-1, n] bool (rows 0..n-1 are the superpixels, row n+i the region made
+    by the i-th merge; fewer rows when the adjacency graph is disconnected).
+    """
+    total = labels.size
+    size_m = 2 * n - 1
+    size = np.zeros(size_m)
+    size[:n] = np.bincount(labels.ravel(), minlength=n)
+    box = np.zeros((size_m, 4), np.int64)
+    box[:n] = boxes_of(labels, n)
+    use_c, use_t, use_s, use_f = (ch in mix for ch in "CTSF")
+    hc = np.zeros((size_m, colour_hist.shape[1])) if use_c else None
+    ht = np.zeros((size_m, texture_hist.shape[1])) if use_t else None
+    if use_c:
+        hc[:n] = colour_hist
+    if use_t:
+        ht[:n] = texture_hist
+    members = np.zeros((size_m, n), bool)
+    members[np.arange(n), np.arange(n)] = True
+
+    def similarity(i, js):
+        s = np.zeros(len(js))
+        if use_c:
+            s += np.minimum(hc[i], hc[js]).sum(1)
+        if use_t:
+            s += np.minimum(ht[i], ht[js]).sum(1)
+        if use_s:
+            s += 1.0 - (size[i] + size[js]) / total
+        if use_f:
+            bh = np.maximum(box[i, 2], box[js, 2]) - np.minimum(box[i, 0], box[js, 0]) + 1
+            bw = np.maximum(box[i, 3], box[js, 3]) - np.minimum(box[i, 1], box[js, 1]) + 1
+            s += 1.0 - (bh * bw - size[i] - size[js]) / total
+        return s
+
+    pairs, _ = adjacency(labels)
+    neighbours = [set() for _ in range(size_m)]
+    for a, b in pairs.tolist():
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    heap = []
+    if len(pairs):
+        sims = np.zeros(len(pairs))
+        for a in np.unique(pairs[:, 0]):  # vectorised per first label
+            sel = pairs[:, 0] == a
+            sims[sel] = similarity(a, pairs[sel, 1])
+        heap = [(-s, int(a), int(b)) for s, (a, b) in zip(sims, pairs.tolist())]
+        heapq.heapify(heap)
+    alive = np.zeros(size_m, bool)
+    alive[:n] = True
+    t = n
+    while heap:
+        _, i, j = heapq.heappop(heap)
+        if not (alive[i] and alive[j]):
+            continue
+        alive[i] = alive[j] = False
+        alive[t] = True
+        size[t] = size[i] + size[j]
+        wi, wj = size[i] / size[t], size[j] / size[t]
+        if use_c:
+            hc[t] = wi * hc[i] + wj * hc[j]
+        if use_t:
+            ht[t] = wi * ht[i] + wj * ht[j]
+        box[t, :2] = np.minimum(box[i, :2], box[j, :2])
+        box[t, 2:] = np.maximum(box[i, 2:], box[j, 2:])
+        members[t] = members[i] | members[j]
+        nb = (neighbours[i] | neighbours[j]) - {i, j}
+        for k in nb:
+            neighbours[k].discard(i)
+            neighbours[k].discard(j)
+            neighbours[k].add(t)
+        neighbours[t] = nb
+        if nb:
+            js = np.fromiter(nb, np.int64, len(nb))
+            for s, k in zip(similarity(t, js).tolist(), js.tolist()):
+                heapq.heappush(heap, (-s, t, k))
+        t += 1
+    return members[:t]
+
+
+# ---------------------------------------------------------------------------------------
+# atoms, duplicates, IoU, RLE
+
+
+def overlay(label_maps):
+    """Atoms: the common refinement of several label maps. Returns (atoms [h, w] int,
+    number of atoms A, list of [A] arrays giving each atom's label in each input map)."""
+    key = np.zeros(label_maps[0].size, np.int64)
+    for lab in label_maps:
+        key = key * (int(lab.max()) + 1) + lab.ravel()
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    atoms = inverse.reshape(label_maps[0].shape)
+    return atoms, len(first), [lab.ravel()[first] for lab in label_maps]
+
+
+def iou_matrix(a, b, weights):
+    """IoU between rows of bool matrices a [P, A] and b [Q, A] whose columns have `weights`."""
+    af = a.astype(np.float32)
+    bf = b.astype(np.float32)
+    w = weights.astype(np.float32)
+    inter = (af * w) @ bf.T
+    union = (af @ w)[:, None] + (bf @ w)[None, :] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def near_duplicates(members, weights, threshold, block=512):
+    """Sparse symmetric matrix (CSR, bool) of pairs of rows with IoU >= threshold, the
+    diagonal included. IoU >= t needs area ratio >= t, so after sorting by area each block of
+    rows is compared (one matrix product) only with the rows in its area window."""
+    w = weights.astype(np.float32)
+    mf = members.astype(np.float32)
+    area = mf @ w
+    order = np.argsort(area, kind="stable")
+    a = area[order]
+    mf = mf[order]
+    mw = mf * w
+    rows, cols = [], []
+    for s in range(0, len(a), block):
+        e = min(len(a), s + block)
+        lo = np.searchsorted(a, a[s] * threshold, "left")
+        hi = np.searchsorted(a, a[e - 1] / threshold, "right")
+        inter = mw[s:e] @ mf[lo:hi].T
+        union = a[s:e, None] + a[None, lo:hi] - inter
+        r, c = np.nonzero(inter >= threshold * union)
+        rows.append(order[s + r])
+        cols.append(order[lo + c])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    n = len(members)
+    return sparse.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
+
+
+def members_to_rle(members, labels):
+    """COCO RLE counts strings of the masks members[m][labels] (labels [H, W] int) without
+    materialising them: run-length encode the label map once in column-major order, then
+    each mask's runs are the label runs whose membership changes."""
+    height, width = labels.shape
+    if len(members) == 0:
+        return []
+    flat = labels.T.ravel()  # COCO RLE runs down columns
+    n_pix = flat.size
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+    inside = members[:, flat[starts]]  # [M, runs]
+    # positions where each mask switches value, with a leading switch if it starts inside
+    lead = np.zeros((len(members), 1), bool)
+    switch = np.concatenate([inside[:, :1] != lead, inside[:, 1:] != inside[:, :-1]], 1)
+    rows, cols = np.nonzero(switch)
+    pos = starts[cols]
+    bounds = np.searchsorted(rows, np.arange(len(members) + 1))
+    objs = []
+    for m in range(len(members)):
+        p = pos[bounds[m]:bounds[m + 1]]
+        counts = np.diff(np.concatenate([[0], p, [n_pix]]))
+        objs.append({"size": [height, width], "counts": counts.tolist()})
+    rles = mask_utils.frPyObjects(objs, height, width)
+    return [r["counts"].decode("ascii") for r in rles]
+
+
+# ---------------------------------------------------------------------------------------
+# scoring
+
+
+def boundary_strength(img_lab, atoms, n_atoms):
+    """Atom adjacency (pairs [E, 2], boundary length [E], summed contrast [E]).
+
+    Contrast of a pixel pair across a boundary is their Euclidean distance in (lightly
+    smoothed) Lab, so a region's contour strength is the mean over its contour pixels.
+    """
+    sm = ndimage.gaussian_filter(img_lab, (1, 1, 0))
+    pa, pb, diff = [], [], []
+    for sl_a, sl_b in (((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                       ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+        la, lb = atoms[sl_a].ravel(), atoms[sl_b].ravel()
+        keep = la != lb
+        pa.append(la[keep]); pb.append(lb[keep])
+        diff.append(np.linalg.norm(sm[sl_a].reshape(-1, 3)[keep] - sm[sl_b].reshape(-1, 3)[keep],
+                                   axis=1))
+    a, b, d = np.concatenate(pa), np.concatenate(pb), np.concatenate(diff)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    pair_id = lo * n_atoms + hi
+    uniq, inv = np.unique(pair_id, return_inverse=True)
+    length = np.bincount(inv).astype(np.float64)
+    contrast = np.bincount(inv, weights=d)
+    return np.stack([uniq // n_atoms, uniq % n_atoms], 1), length, contrast
+
+
+def rank01(x):
+    """Rank-normalise to [0, 1] (ties share the mean rank); 1 = largest."""
+    if len(x) <= 1:
+        return np.ones(len(x))
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    # average ties so equal inputs give equal outputs
+    uniq, inv = np.unique(x, return_inverse=True)
+    mean_rank = np.bincount(inv, weights=ranks) / np.bincount(inv)
+    return mean_rank[inv] / (len(x) - 1)
+
+
+def region_cues(members, atom_area, edges, edge_length, edge_contrast, border_atoms):
+    """Per-candidate measurements used by `objectness` (dict of arrays [R])."""
+    cutf = (members[:, edges[:, 0]] != members[:, edges[:, 1]]).astype(np.float32)  # [R, E]
+    contour_len = cutf @ edge_length.astype(np.float32)
+    contrast = (cutf @ edge_contrast.astype(np.float32)) / np.maximum(contour_len, 1e-9)
+    total = float(atom_area.sum())
+    area = members.astype(np.float32) @ atom_area.astype(np.float32)
+    border = members.astype(np.float32) @ border_atoms.astype(np.float32)
+    perimeter = contour_len + border
+    return {"contrast": contrast, "area": area / total,
+            "compactness": 4 * np.pi * area / np.maximum(perimeter, 1) ** 2,
+            "border": border / np.maximum(perimeter, 1)}
+
+
+def objectness(cues, votes, level_priority):
+    """Objectness proxy in [0, 1] for each candidate region (higher is better).
+
+    Mean of three per-image rank-normalised cues:
+    - contour contrast: mean Lab contrast along the region's contour (the fraction of its
+      boundary that lies on strong image edges). Whole objects are bounded by strong edges;
+      parts of objects and unions of object and background are cut across weaker ones.
+    - agreement: the number of grouping strategies (colour space x scale x similarity mix)
+      that produced this region (IoU >= dedup_iou). Regions found by many diverse groupings
+      are stable, like the segments that survive many thresholds of a contour hierarchy.
+    - selective search's own ranking: hierarchy level x uniform random number (Uijlings et
+      al.): regions made late in a hierarchy (large, merged from many parts) come first; the
+      random factor mixes levels and strategies; the best (lowest) value over strategies.
+    Regions covering almost the whole image get no contour contrast (no boundary to measure)
+    and rank last on that cue.
+    """
+    parts = [rank01(cues["contrast"]), rank01(votes), rank01(-level_priority)]
+    return np.mean(parts, axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# the generator
+
+
+def image_seed(seed, image_id):
+    """Per-image random seed: same image, same proposals, whatever the shard."""
+    return [int(seed), zlib.crc32(str(image_id).encode())]
+
+
+def candidates(rgb, settings=ProposalSettings(), image_id=""):
+    """All distinct regions of all hierarchies, with what ranking needs: a dict with members
+    [R, A] bool over atoms, atoms [h, w], atom_area [A], near (CSR IoU >= dedup_iou),
+    votes [R], priority [R] (best selective-search priority), cues (dict of [R])."""
+    img = working_image(rgb, settings.working_size)
+    rng = np.random.default_rng(image_seed(settings.seed, image_id))
+
+    # over-segmentations and the features of their superpixels, per colour space x scale
+    segs, feats = [], []
+    for space in settings.colour_spaces:
+        cs = to_colour_space(img, space)
+        texture = texture_values(cs)
+        for k in settings.scales:
+            labels = felzenszwalb(cs, scale=k, sigma=settings.sigma, min_size=settings.min_size)
+            n = int(labels.max()) + 1
+            segs.append(labels)
+            feats.append((n, region_histograms(labels, n, cs, COLOUR_BINS),
+                          region_histograms(labels, n, texture, TEXTURE_BINS)))
+    atoms, n_atoms, atom_label = overlay(segs)
+    atom_area = np.bincount(atoms.ravel(), minlength=n_atoms).astype(np.float64)
+
+    # one hierarchy per over-segmentation x similarity mix, in atom space
+    rows, strategy, priority = [], [], []
+    for s, (labels, (n, ch, th)) in enumerate(zip(segs, feats)):
+        for mix in settings.strategies:
+            members = hierarchical_grouping(labels, n, ch, th, mix)
+            rows.append(members[:, atom_label[s]])
+            # selective search ranking: hierarchy level (root = 1) x uniform random
+            level = np.arange(len(members), 0, -1, dtype=np.float64)
+            priority.append(level * rng.random(len(members)))
+            strategy.append(np.full(len(members), len(rows) - 1))
+    members = np.concatenate(rows)
+    strategy = np.concatenate(strategy)
+    priority = np.concatenate(priority)
+
+    # exact duplicates (same atoms): keep one row, best priority, note every strategy
+    packed = np.packbits(members, axis=1)
+    _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    best_priority = np.full(len(first), np.inf)
+    np.minimum.at(best_priority, inverse, priority)
+    made_by = np.zeros((len(first), len(rows)), bool)
+    made_by[inverse, strategy] = True
+    members = members[first]
+    area = members.astype(np.float32) @ atom_area.astype(np.float32)
+    keep = area >= settings.min_area * atoms.size
+    members, best_priority, made_by = members[keep], best_priority[keep], made_by[keep]
+
+    # near duplicates: IoU on the atom representation (matrix products)
+    near = near_duplicates(members, atom_area, settings.dedup_iou)
+    votes = np.asarray((near.astype(np.float32) @ made_by.astype(np.float32)) > 0).sum(1)
+
+    edges, elen, econ = boundary_strength(color.rgb2lab(img), atoms, n_atoms)
+    border_atoms = np.bincount(np.concatenate([atoms[0], atoms[-1], atoms[:, 0], atoms[:, -1]]),
+                               minlength=n_atoms)
+    cues = region_cues(members, atom_area, edges, elen, econ, border_atoms)
+    return {"members": members, "atoms": atoms, "atom_area": atom_area, "near": near,
+            "votes": votes, "priority": best_priority, "cues": cues}
+
+
+def rank_and_deduplicate(score, tie_break, near, max_proposals):
+    """Indices of the kept candidates, best first: order by score (then tie_break, lower
+    first); drop any whose IoU with a kept better one is >= the dedup threshold (`near`)."""
+    order = np.lexsort((tie_break, -score))
+    kept = []
+    suppressed = np.zeros(len(order), bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        kept.append(i)
+        if len(kept) >= max_proposals:
+            break
+        suppressed[near.indices[near.indptr[i]:near.indptr[i + 1]]] = True
+    return np.array(kept, np.int64)
+
+
+def propose(rgb, settings=ProposalSettings(), image_id=""):
+    """Mask proposals of one RGB uint8 image [H, W, 3], ranked best first (`Proposals`)."""
+    rgb = np.asarray(rgb)
+    c = candidates(rgb, settings, image_id)
+    score = objectness(c["cues"], c["votes"], c["priority"])
+    kept = rank_and_deduplicate(score, c["priority"], c["near"], settings.max_proposals)
+    return Proposals(c["members"][kept], score[kept].astype(np.float32), c["atoms"],
+                     rgb.shape[0], rgb.shape[1])

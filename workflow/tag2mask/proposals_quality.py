@@ -1,0 +1,197 @@
+"""Proposal quality against ground truth (an evaluation stage: reads GT, feeds no training).
+
+    tag2mask evaluate-proposals --proposals P.h5 --gt train=gt/train.json --out quality.json
+
+Figures, over the non-crowd GT instances of one split:
+- ABO (average best overlap): mean over GT instances of the best IoU with any proposal.
+- recall@0.5 / recall@0.7: share of GT instances whose best IoU reaches 0.5 / 0.7.
+- point_retrieval_miou: for each GT instance, take one interior point (the maximum of its
+  distance transform, a stand-in for a well-placed peak) and the best-ranked proposal that
+  covers it (the highest objectness, what WISE retrieval keeps); mean IoU of that proposal.
+  It measures whether the objectness ranking is useful, not just whether a good mask exists.
+- proposals per image and generation seconds per image (from the store's per-image attrs).
+
+Void pixels (VOC's 255, the image entry's `void` RLE) are removed from proposals before the
+IoU, as the VOC protocol does for predictions; GT masks contain no void pixels.
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from .atomic import write_json
+from .errors import InputError
+from .masks import safe_area
+from .store import StoreReader
+
+log = logging.getLogger(__name__)
+THRESHOLDS = (0.5, 0.7)
+_DECODE_CHUNK = 256
+
+
+def _rles(counts, height, width):
+    return [{"size": [int(height), int(width)],
+             "counts": c.encode("ascii") if isinstance(c, str) else c} for c in counts]
+
+
+def best_overlaps(proposals, gt, height, width, void=None):
+    """IoU matrix [P, G] between proposal and GT RLEs (counts strings or RLE dicts), with
+    `void` (an RLE dict or None) removed from the proposals."""
+    p = proposals if proposals and isinstance(proposals[0], dict) else _rles(proposals, height, width)
+    g = gt if gt and isinstance(gt[0], dict) else _rles(gt, height, width)
+    if not p or not g:
+        return np.zeros((len(p), len(g)))
+    area_p = safe_area(p).astype(np.float64)
+    area_g = safe_area(g).astype(np.float64)
+    # iscrowd=1 gives |P n G| / |P|: the intersection without a union
+    inter = np.asarray(mask_utils.iou(p, g, [1] * len(g))) * area_p[:, None]
+    if void is not None:
+        in_void = np.asarray(mask_utils.iou(p, [void], [1]))[:, 0] * area_p
+        area_p = area_p - in_void
+    union = area_p[:, None] + area_g[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def interior_points(gt_rles):
+    """One interior point (row, col) per GT mask: the maximum of its distance transform."""
+    masks = mask_utils.decode(gt_rles)
+    points = []
+    for i in range(masks.shape[2]):
+        d = ndimage.distance_transform_edt(np.pad(masks[:, :, i], 1))[1:-1, 1:-1]
+        points.append(np.unravel_index(int(np.argmax(d)), d.shape))
+    return np.array(points, np.int64).reshape(-1, 2)
+
+
+def first_covering(proposal_rles, points):
+    """Index of the first (best-ranked) proposal covering each point, -1 if none."""
+    out = np.full(len(points), -1, np.int64)
+    for start in range(0, len(proposal_rles), _DECODE_CHUNK):
+        todo = np.flatnonzero(out < 0)
+        if len(todo) == 0:
+            break
+        chunk = mask_utils.decode(proposal_rles[start:start + _DECODE_CHUNK])  # [H, W, n]
+        hits = chunk[points[todo, 0], points[todo, 1], :].astype(bool)  # [points, n]
+        has = hits.any(1)
+        out[todo[has]] = start + np.argmax(hits[has], 1)
+    return out
+
+
+def image_figures(proposal_counts, gt_rles, height, width, void=None):
+    """Per GT instance of one image: best IoU with any proposal and the IoU of the
+    best-ranked proposal covering its interior point (arrays of length G)."""
+    if not gt_rles:
+        return np.zeros(0), np.zeros(0)
+    p = _rles(proposal_counts, height, width)
+    iou = best_overlaps(p, gt_rles, height, width, void)
+    if len(p) == 0:
+        return np.zeros(len(gt_rles)), np.zeros(len(gt_rles))
+    best = iou.max(0)
+    idx = first_covering(p, interior_points(gt_rles))
+    retrieved = np.where(idx >= 0, iou[np.maximum(idx, 0), np.arange(len(gt_rles))], 0.0)
+    return best, retrieved
+
+
+def summarise(best, retrieved, n_props, seconds):
+    best = np.asarray(best, np.float64)
+    out = {
+        "gt_instances": int(len(best)),
+        "abo": float(best.mean()) if len(best) else None,
+        **{f"recall@{t}": (float((best >= t).mean()) if len(best) else None) for t in THRESHOLDS},
+        "point_retrieval_miou": float(np.mean(retrieved)) if len(retrieved) else None,
+        "images": int(len(n_props)),
+        "proposals_per_image": float(np.mean(n_props)) if len(n_props) else None,
+        "seconds_per_image": float(np.mean(seconds)) if len(seconds) else None,
+    }
+    return out
+
+
+def load_gt(gt_path):
+    """GT instances per image name: {name: (height, width, [RLE dict], void RLE or None)}."""
+    try:
+        coco = json.loads(Path(gt_path).read_text())
+    except FileNotFoundError:
+        raise InputError(gt_path, "ground-truth file not found") from None
+    except json.JSONDecodeError as e:
+        raise InputError(gt_path, f"not valid JSON ({e})") from None
+    by_id = {}
+    for im in coco.get("images", []):
+        void = im.get("void")
+        if void is not None:
+            void = {"size": void["size"], "counts": void["counts"].encode("ascii")
+                    if isinstance(void["counts"], str) else void["counts"]}
+        by_id[im["id"]] = (im.get("name", str(im["id"])), im["height"], im["width"], [], void)
+    for a in coco.get("annotations", []):
+        if a.get("iscrowd", 0):
+            continue
+        name, h, w, rles, _ = by_id[a["image_id"]]
+        seg = a["segmentation"]
+        if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+            seg = mask_utils.frPyObjects(seg, h, w)
+        elif isinstance(seg, dict):
+            seg = {"size": seg["size"], "counts": seg["counts"].encode("ascii")
+                   if isinstance(seg["counts"], str) else seg["counts"]}
+        else:  # polygons
+            seg = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        rles.append(seg)
+    return {name: (h, w, rles, void) for name, h, w, rles, void in by_id.values()}
+
+
+def evaluate_store(proposals_path, gt_path):
+    """Quality figures of a proposals store against a COCO GT file (images in both)."""
+    gt = load_gt(gt_path)
+    best, retrieved, n_props, seconds = [], [], [], []
+    with StoreReader(proposals_path, "proposals") as r:
+        missing = [name for name in gt if name not in r]
+        for name in gt:
+            if name not in r:
+                continue
+            h, w, rles, void = gt[name]
+            entry = r.read(name)
+            if (entry["height"], entry["width"]) != (h, w):
+                raise InputError(proposals_path, f"image {name!r} is {entry['height']}x"
+                                 f"{entry['width']} in the store but {h}x{w} in {gt_path}")
+            b, ret = image_figures(entry["masks"], rles, h, w, void)
+            best.extend(b.tolist())
+            retrieved.extend(ret.tolist())
+            n_props.append(len(entry["masks"]))
+            if "seconds" in entry:
+                seconds.append(float(entry["seconds"]))
+    if missing:
+        log.warning("%d GT images have no proposals in %s (left out)", len(missing),
+                    proposals_path)
+    out = summarise(best, retrieved, n_props, seconds)
+    out["gt_images_without_proposals"] = len(missing)
+    return out
+
+
+def add_command(sub):
+    p = sub.add_parser("evaluate-proposals", help="ABO / recall of a proposals store vs GT",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--proposals", required=True, type=Path, help="proposals store (.h5)")
+    p.add_argument("--gt", required=True, nargs="+", metavar="SPLIT=FILE",
+                   help="ground truth per split: COCO instances JSON (crowd excluded)")
+    p.add_argument("--out", required=True, type=Path, help="quality JSON")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    splits = {}
+    for item in args.gt:
+        split, sep, path = item.partition("=")
+        if not sep or not split or not path:
+            raise InputError("--gt", f"expected SPLIT=FILE, found {item!r}")
+        splits[split] = path
+    with StoreReader(args.proposals, "proposals") as r:
+        method = r.attrs.get("method")
+        options = json.loads(r.attrs.get("options", "{}"))
+    report = {"proposals": str(args.proposals), "method": method, "options": options,
+              "splits": {}}
+    for split, path in splits.items():
+        report["splits"][split] = evaluate_store(args.proposals, path)
+        log.info("%s: %s", split, json.dumps(report["splits"][split]))
+    write_json(args.out, report)
