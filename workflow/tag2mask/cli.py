@@ -15,12 +15,15 @@ from .errors import InputError
 # subcommand -> module that implements it (in pipeline order)
 COMMANDS = {
     "prepare-dataset": "tag2mask.datasets.cli",
+    "train-classifier": "tag2mask.train_classifier",
     "propose": "tag2mask.proposals_cli",
     "import-proposals": "tag2mask.proposals_import",
     "evaluate-proposals": "tag2mask.proposals_quality",
     "gather": "tag2mask.gather_cli",
     "retrieve": "tag2mask.retrieval_cli",
     "export-coco": "tag2mask.export_cli",
+    "train-maskrcnn": "tag2mask.train_maskrcnn",
+    "predict": "tag2mask.predict",
     "evaluate": "tag2mask.evaluate_cli",
 }
 

@@ -154,9 +154,11 @@ def _to_device(images, targets, device):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp, desc="",
-                    progress=True):
-    """One pass over `loader`; returns the epoch's log record (without the epoch number)."""
+                    progress=True, clip=None):
+    """One pass over `loader`; returns the epoch's log record (without the epoch number).
+    `clip`: clip the gradient norm to this (None: no clipping)."""
     model.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     sums = dict.fromkeys(LOSS_NAMES, 0.0)
     total, steps, skipped, n_images = 0.0, 0, 0, 0
     start = time.perf_counter()
@@ -173,6 +175,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp, de
             scheduler.step()
             continue
         scaler.scale(loss).backward()
+        if clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -184,6 +189,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp, de
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    if skipped and not steps:
+        raise InputError("maskrcnn.lr", f"{desc}: training diverged (every batch had a "
+                                        "non-finite loss); lower lr or set grad_clip_norm")
     if skipped:
         log.warning("%s: %d batch(es) with a non-finite loss skipped", desc, skipped)
     record = {"iterations": steps, "images": n_images,
@@ -247,7 +255,8 @@ def train(options, store_path, manifest_path, out_dir, progress=True):
         loader = make_loader(dataset, options, epoch, device)
         record = {"epoch": epoch, **train_one_epoch(
             model, loader, optimizer, scheduler, scaler, device, amp,
-            desc=f"epoch {epoch}/{options['epochs']}", progress=progress)}
+            desc=f"epoch {epoch}/{options['epochs']}", progress=progress,
+            clip=options["grad_clip_norm"])}
         history.append(record)
         log.info("epoch %d: loss %.4f (mask %.4f), lr %.2e, %.1f s, %.1f images/s", epoch,
                  record["loss"], record["loss_mask"], record["lr"], record["seconds"],
