@@ -25,6 +25,9 @@ COMMANDS = {
     "train-maskrcnn": "tag2mask.train_maskrcnn",
     "predict": "tag2mask.predict",
     "evaluate": "tag2mask.evaluate_cli",
+    "gt-training-masks": "tag2mask.upper_bound",
+    "self-train-masks": "tag2mask.self_training",
+    "report": "tag2mask.report_cli",
 }
 
 

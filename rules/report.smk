@@ -1,0 +1,126 @@
+# Final evaluation and the run report (evaluation side: may read ground truth).
+# evaluate_predictions scores any model folder's predictions with the one evaluator:
+#   {RUN}/<maskrcnn | upper_bound | self_training/round_<r>>/predictions_<split>.json
+#     -> .../evaluation_<split>.json            (needs ground truth: HAS_GT only)
+# Mask R-CNN is also scored on the training images, the images its pseudo masks were made
+# for, so the report can say whether it beats its own pseudo masks (WISE's finding).
+# report -> {RUN}/report.html: one self-contained HTML file (tag2mask.report).
+
+import re
+import shlex
+
+EVAL_SPLIT = PREDICT_SPLIT  # val when the dataset has one, else train
+_NO_GT = "the dataset (kind 'tags') has no ground truth"
+
+if HAS_GT:
+
+    rule evaluate_predictions:
+        input:
+            gt=f"{DATA}/gt/{{split}}.json",
+            manifest=f"{DATA}/manifest.json",
+            predictions=f"{RUN}/{{model}}/predictions_{{split}}.json",
+        output:
+            f"{RUN}/{{model}}/evaluation_{{split}}.json",
+        wildcard_constraints:
+            model=r"maskrcnn|upper_bound|self_training/round_[1-9][0-9]*",
+            split="train|val",
+        params:
+            cli=TAG2MASK,
+            options=options("evaluation"),
+            code=code_digest("evaluation", "evaluate_cli", "store", "masks", "manifest"),
+        log:
+            f"{RUN}/logs/evaluate_{{model}}_{{split}}.log",
+        benchmark:
+            f"{RUN}/benchmarks/evaluate_{{model}}_{{split}}.tsv"
+        conda:
+            "../envs/tag2mask.yaml"
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "{params.cli} evaluate --gt {input.gt:q} --predictions {input.predictions:q} "
+            "--manifest {input.manifest:q} --config {params.options:q} --out {output:q} "
+            "> {log:q} 2>&1"
+
+
+# The report's inputs, named after `tag2mask report` options (round_<kind>_<r> per round).
+REPORT_INPUTS = {
+    "manifest": f"{DATA}/manifest.json",
+    "peaks": PEAKS_STORE,
+    "pseudo_masks": f"{RUN}/pseudo_masks/pseudo_masks.h5",
+    "maskrcnn_log": f"{RUN}/maskrcnn/log.jsonl",
+}
+if "val" in SPLITS:
+    REPORT_INPUTS["predictions_val"] = f"{RUN}/maskrcnn/predictions_val.json"
+if HAS_GT:
+    REPORT_INPUTS["pseudo_eval"] = f"{RUN}/pseudo_masks/evaluation.json"
+    REPORT_INPUTS["maskrcnn_train_eval"] = f"{RUN}/maskrcnn/evaluation_train.json"
+    if "val" in SPLITS:
+        REPORT_INPUTS["maskrcnn_eval"] = f"{RUN}/maskrcnn/evaluation_val.json"
+    REPORT_INPUTS.update({f"gt_{s}": f"{DATA}/gt/{s}.json" for s in GT_SPLITS})
+if UPPER_BOUND:
+    REPORT_INPUTS["upper_bound_eval"] = f"{UB}/evaluation_{EVAL_SPLIT}.json"
+    REPORT_INPUTS["upper_bound_log"] = f"{UB}/log.jsonl"
+for _r in ROUNDS:
+    REPORT_INPUTS[f"round_store_{_r}"] = f"{ST}/round_{_r}/pseudo_masks.h5"
+    REPORT_INPUTS[f"round_log_{_r}"] = f"{ST}/round_{_r}/log.jsonl"
+    if HAS_GT:
+        REPORT_INPUTS[f"round_eval_{_r}"] = f"{ST}/round_{_r}/evaluation_{EVAL_SPLIT}.json"
+
+# ... as command-line options (shell-quoted)
+_args = []
+for _name, _path in REPORT_INPUTS.items():
+    _m = re.fullmatch(r"round_(eval|log|store)_(\d+)", _name)
+    if _m:
+        _args += [f"--round-{_m.group(1)}", f"{_m.group(2)}={_path}"]
+    elif _name != "manifest":
+        _args += [f"--{_name.replace('_', '-')}", _path]
+
+# why the parts this run does not make are missing
+_why = {}
+if not HAS_GT:
+    for _part in ("pseudo-eval", "maskrcnn-train-eval", "maskrcnn-eval", "upper-bound-eval",
+                  "round-eval", "gt-train", "gt-val"):
+        _why[_part] = _NO_GT
+elif not config["upper_bound"]:
+    _why["upper-bound-eval"] = _why["upper-bound-log"] = "upper_bound is false in the config"
+if "val" not in SPLITS:
+    for _part in ("predictions-val", "maskrcnn-eval", "gt-val"):
+        _why.setdefault(_part, "the dataset has no val split")
+if not ROUNDS:
+    _why.setdefault("round-eval", "self_training.rounds is 0 in the config")
+_args += [f"--missing={k}={v}" for k, v in sorted(_why.items())]
+REPORT_ARGS = " ".join(shlex.quote(a) for a in _args)
+
+
+rule report:
+    input:
+        **REPORT_INPUTS,
+    output:
+        f"{RUN}/report.html",
+    params:
+        cli=TAG2MASK,
+        options=options("report"),
+        args=REPORT_ARGS,
+        run_name=config["run_name"],
+        eval_split=EVAL_SPLIT,
+        classifier_log=f"{RUN}/classifier/log.jsonl",
+        benchmarks=f"{RUN}/benchmarks",
+        code=code_digest("report", "report_cli", "images", "store", "masks", "manifest"),
+    log:
+        f"{RUN}/logs/report.log",
+    benchmark:
+        f"{RUN}/benchmarks/report.tsv"
+    conda:
+        "../envs/tag2mask.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "{params.cli} report --manifest {input.manifest:q} --out {output:q} "
+        "--config {params.options:q} --run-name {params.run_name:q} "
+        "--eval-split {params.eval_split} --classifier-log {params.classifier_log:q} "
+        "--benchmarks {params.benchmarks:q} {params.args} > {log:q} 2>&1"
+
+
+REPORT_TARGET = f"{RUN}/report.html"
