@@ -19,9 +19,11 @@ instance's response map; the merged map feeds the confidence below.
 
 Work happens at a reduced *working resolution* (longest side ``working_size``): proposals are
 area-downsampled and thresholded at 0.5 into a bool stack [M, h, w]; response and class maps are
-bilinearly resized to [P, h, w]. Scores for all peaks and proposals are then three matrix
-products ([P, h*w] @ [h*w, M]); contours are one max-pool over the whole stack; the NMS IoU
-matrix is one product of the chosen masks. Resolution-independence of the score: R is
+bilinearly resized to [P, h, w]. Scores for all peaks and proposals are then two matrix
+products ([P, h*w] @ [h*w, M]: the inside terms a*R - b*Q against the masks, R against the
+contours); contours come from a separable bool dilation/erosion of the stack (both done per
+chunk of 64 proposals, so the float copies stay in cache); the NMS IoU matrix is one product
+of the chosen masks. Only the greedy NMS loops, over kept instances. Resolution-independence of the score: R is
 renormalised to sum 1 at the working resolution (as at map resolution), the contour footprint
 ``contour_width`` is given in image pixels and scaled (odd, at least 3), and sum(Q over S) is
 counted in image pixels (working pixels x image pixels per working pixel), so b keeps the meaning
@@ -70,9 +72,16 @@ def contour_size(contour_width, height, work_height):
     return max(3, 2 * int(round((k - 1) / 2)) + 1)
 
 
-def proposal_stack(counts, height, width, shape, points=None, chunk=64):
-    """Decode RLE proposals and area-downsample them to `shape` (>= half covered -> True).
+def block_edges(size, work_size):
+    """Start index of each working pixel's block of image pixels along one axis (a partition)."""
+    return np.floor(np.arange(work_size) * size / work_size).astype(np.int64)
 
+
+def proposal_stack(counts, height, width, shape, points=None, chunk=64):
+    """Decode RLE proposals and area-downsample them to `shape`.
+
+    Working pixel (i, j) covers the image pixels [y_i, y_i+1) x [x_j, x_j+1) with
+    y_i = floor(i * H / h) (a partition of the image); it is set when at least half of them are.
     Returns (bool tensor [M, h, w], bool array [M, len(points)]): the second says whether each
     proposal covers each (row, col) point at full resolution. Decoded in chunks so memory stays
     bounded for many proposals on large images.
@@ -80,18 +89,22 @@ def proposal_stack(counts, height, width, shape, points=None, chunk=64):
     h, w = shape
     n = len(counts)
     points = np.zeros((0, 2), np.int64) if points is None else np.asarray(points, np.int64)
-    work = torch.zeros((n, h, w), dtype=torch.bool)
+    work = np.zeros((n, h, w), bool)
     covers = np.zeros((n, len(points)), bool)
+    ey, ex = block_edges(height, h), block_edges(width, w)
+    block = np.diff(np.r_[ey, height])[:, None] * np.diff(np.r_[ex, width])[None, :]
     for start in range(0, n, chunk):
         full = mask_rle.decode(counts[start:start + chunk], height, width)
         stop = start + len(full)
         if len(points):
             covers[start:stop] = full[:, points[:, 0], points[:, 1]]
-        t = torch.from_numpy(np.ascontiguousarray(full))
-        if (h, w) != (height, width):
-            t = F.interpolate(t[:, None].float(), size=(h, w), mode="area")[:, 0] >= 0.5
-        work[start:stop] = t
-    return work, covers
+        if (h, w) == (height, width):
+            work[start:stop] = full
+        else:  # block sums by two reductions (no float copy of the full-resolution stack)
+            sums = np.add.reduceat(full, ey, axis=1, dtype=np.uint32)
+            sums = np.add.reduceat(sums, ex, axis=2, dtype=np.uint32)
+            work[start:stop] = 2 * sums >= block
+    return torch.from_numpy(work), covers
 
 
 def resize_maps(maps, shape):
@@ -102,18 +115,29 @@ def resize_maps(maps, shape):
     return F.interpolate(t[:, None], size=tuple(shape), mode="bilinear", align_corners=False)[:, 0]
 
 
+def _square_filter(stack, radius, combine):
+    """OR (dilation) or AND (erosion) of a bool stack over a (2r+1)^2 square, separably by
+    shifted copies; pixels outside the image take no part."""
+    out = stack
+    for axis in (1, 2):
+        src, out = out, out.clone()
+        n = src.shape[axis]
+        for d in range(1, min(radius, n - 1) + 1):
+            lo, hi = out.narrow(axis, d, n - d), out.narrow(axis, 0, n - d)
+            combine(lo, src.narrow(axis, 0, n - d), out=lo)
+            combine(hi, src.narrow(axis, d, n - d), out=hi)
+    return out
+
+
 def morphological_gradient(stack, size):
     """Dilation minus erosion of a bool stack [M, h, w] with a size x size square footprint.
 
     Pixels outside the image are ignored (neither dilate nor erode), as in OpenCV/scipy.
+    Separable shifts of bool tensors: about 50x faster than a float max-pool of the stack.
     """
-    if len(stack) == 0:
-        return stack.clone()
-    x = stack[:, None].float()
-    pad = size // 2
-    dilated = F.max_pool2d(x, size, stride=1, padding=pad)
-    eroded = -F.max_pool2d(-x, size, stride=1, padding=pad)
-    return (dilated > eroded)[:, 0]
+    r = size // 2
+    return _square_filter(stack, r, torch.logical_or) & ~_square_filter(stack, r,
+                                                                       torch.logical_and)
 
 
 def map_point(flat_index, map_shape, height, width):
@@ -129,7 +153,6 @@ def map_point(flat_index, map_shape, height, width):
 class WorkingInputs:
     """Everything one image's retrieval needs, at the working resolution."""
     masks: torch.Tensor          # bool [M, h, w] candidate proposals
-    contours: torch.Tensor       # bool [M, h, w] their morphological gradients
     valid: np.ndarray            # bool [M]: within the area limits (and non-empty when working)
     objectness: np.ndarray       # float32 [M]
     covers: np.ndarray           # bool [M, P]: proposal covers the peak's point (full resolution)
@@ -139,7 +162,7 @@ class WorkingInputs:
     peak_value: np.ndarray       # float32 [P]
     has_response: np.ndarray     # bool [P]
     pixel_area: float            # image pixels per working pixel
-    contour_size: int
+    contour_size: int            # footprint side of the contours at the working resolution
 
 
 def prepare_image(peaks, proposal_counts, objectness, height, width, options, where="image"):
@@ -194,7 +217,7 @@ def prepare_image(peaks, proposal_counts, objectness, height, width, options, wh
         torch.zeros((0, *shape), dtype=torch.bool)
 
     return WorkingInputs(
-        masks=work, contours=morphological_gradient(work, size), valid=valid,
+        masks=work, valid=valid,
         objectness=objectness, covers=covers, response=response, background=background,
         peak_class=peak_class, peak_value=np.asarray(peaks["peak_value"], np.float32),
         has_response=has_response, pixel_area=height * width / float(shape[0] * shape[1]),
@@ -211,13 +234,22 @@ class Selection:
     confidence: np.ndarray    # float [N]: per-instance confidence of `kept`
 
 
-def prm_scores(inp, a, b):
-    """PRM scores [P, M] of every proposal for every peak (three matrix products)."""
-    s = inp.masks.flatten(1).float()
+def _as_float(mask):
+    """bool tensor -> float32 (via uint8: torch's direct bool->float cast is ~20x slower)."""
+    return mask.view(torch.uint8).to(torch.float32)
+
+
+def prm_scores(inp, a, b, chunk=64):
+    """PRM scores [P, M] of every proposal for every peak: per chunk of proposals, the contours
+    (one separable bool filter) and two matrix products; chunks keep the float copies in cache."""
     r = inp.response.flatten(1)
-    q = inp.background.flatten(1).float()
-    scores = a * (r @ s.T) + r @ inp.contours.flatten(1).float().T \
-        - (b * inp.pixel_area) * (q @ s.T)
+    inside = a * r - (b * inp.pixel_area) * _as_float(inp.background.flatten(1))
+    scores = torch.empty((len(r), len(inp.masks)))
+    for start in range(0, len(inp.masks), chunk):
+        masks = inp.masks[start:start + chunk]
+        contours = morphological_gradient(masks, inp.contour_size)
+        scores[:, start:start + len(masks)] = (inside @ _as_float(masks.flatten(1)).T
+                                               + r @ _as_float(contours.flatten(1)).T)
     return scores.double().numpy()
 
 
@@ -247,7 +279,7 @@ def select(inp, options):
     cand = np.flatnonzero(proposal >= 0)
     # Sort by retrieval score (PRM's order); ties by peak value, then peak index.
     cand = cand[np.lexsort((cand, -inp.peak_value[cand], -score[cand]))]
-    chosen = inp.masks[proposal[cand]].flatten(1).float()
+    chosen = _as_float(inp.masks[proposal[cand]].flatten(1))
     inter = (chosen @ chosen.T).double().numpy()
     area = np.diag(inter)
     iou = inter / np.maximum(area[:, None] + area[None] - inter, 1e-10)
