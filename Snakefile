@@ -16,6 +16,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/dataset.smk"
+include: "rules/proposals.smk"
 include: "rules/evaluate.smk"
 
 
@@ -23,3 +24,4 @@ rule all:
     default_target: True
     input:
         f"{DATA}/manifest.json",
+        PROPOSALS_TARGET,

@@ -417,24 +417,27 @@ def region_cues(members, atom_area, edges, edge_length, edge_contrast, border_at
             "border": border / np.maximum(perimeter, 1)}
 
 
-def objectness(cues, votes, level_priority):
+def objectness(cues):
     """Objectness proxy in [0, 1] for each candidate region (higher is better).
 
-    Mean of three per-image rank-normalised cues:
-    - contour contrast: mean Lab contrast along the region's contour (the fraction of its
-      boundary that lies on strong image edges). Whole objects are bounded by strong edges;
-      parts of objects and unions of object and background are cut across weaker ones.
-    - agreement: the number of grouping strategies (colour space x scale x similarity mix)
-      that produced this region (IoU >= dedup_iou). Regions found by many diverse groupings
-      are stable, like the segments that survive many thresholds of a contour hierarchy.
-    - selective search's own ranking: hierarchy level x uniform random number (Uijlings et
-      al.): regions made late in a hierarchy (large, merged from many parts) come first; the
-      random factor mixes levels and strategies; the best (lowest) value over strategies.
-    Regions covering almost the whole image get no contour contrast (no boundary to measure)
-    and rank last on that cue.
+    WISE keeps, per peak, the highest-objectness proposal covering it, so the score must
+    prefer a whole object to its parts and to unions of it with its surroundings. With no
+    learned model, it is the mean of three per-image rank-normalised cues:
+    - contour contrast: mean Lab contrast across the region's contour. Whole objects are
+      bounded by strong edges; cuts through an object or its background cross weak ones.
+    - compactness: 4 pi area / perimeter^2 (1 for a disc). Leaks along the background and
+      ragged unions of unrelated superpixels are not compact.
+    - away from the image border: 1 - rank of the share of the region's perimeter that lies
+      on the image border. Background regions (sky, floor, walls) run along the border;
+      regions touching it are at best cut-off objects.
+    Rank normalisation makes the cues comparable without scales fitted to any dataset.
+    Selective search's own order (hierarchy level x random) and the agreement of strategies
+    were measured as well and not used: they rank large regions and whole-image unions first
+    (see the report of the proposals stage; figures in `benchmarks/`), which for a point
+    inside an object selects a mask far larger than the object.
     """
-    parts = [rank01(cues["contrast"]), rank01(votes), rank01(-level_priority)]
-    return np.mean(parts, axis=0)
+    return (rank01(cues["contrast"]) + rank01(cues["compactness"])
+            + 1.0 - rank01(cues["border"])) / 3.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,7 +452,7 @@ def image_seed(seed, image_id):
 def candidates(rgb, settings=ProposalSettings(), image_id=""):
     """All distinct regions of all hierarchies, with what ranking needs: a dict with members
     [R, A] bool over atoms, atoms [h, w], atom_area [A], near (CSR IoU >= dedup_iou),
-    votes [R], priority [R] (best selective-search priority), cues (dict of [R])."""
+    priority [R] (best selective-search priority over strategies), cues (dict of [R])."""
     img = working_image(rgb, settings.working_size)
     rng = np.random.default_rng(image_seed(settings.seed, image_id))
 
@@ -468,7 +471,7 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
     atom_area = np.bincount(atoms.ravel(), minlength=n_atoms).astype(np.float64)
 
     # one hierarchy per over-segmentation x similarity mix, in atom space
-    rows, strategy, priority = [], [], []
+    rows, priority = [], []
     for s, (labels, (n, ch, th)) in enumerate(zip(segs, feats)):
         for mix in settings.strategies:
             members = hierarchical_grouping(labels, n, ch, th, mix)
@@ -476,34 +479,29 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
             # selective search ranking: hierarchy level (root = 1) x uniform random
             level = np.arange(len(members), 0, -1, dtype=np.float64)
             priority.append(level * rng.random(len(members)))
-            strategy.append(np.full(len(members), len(rows) - 1))
     members = np.concatenate(rows)
-    strategy = np.concatenate(strategy)
     priority = np.concatenate(priority)
 
-    # exact duplicates (same atoms): keep one row, best priority, note every strategy
+    # exact duplicates (same atoms): keep one row with the best priority
     packed = np.packbits(members, axis=1)
     _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     best_priority = np.full(len(first), np.inf)
     np.minimum.at(best_priority, inverse, priority)
-    made_by = np.zeros((len(first), len(rows)), bool)
-    made_by[inverse, strategy] = True
     members = members[first]
     area = members.astype(np.float32) @ atom_area.astype(np.float32)
     keep = area >= settings.min_area * atoms.size
-    members, best_priority, made_by = members[keep], best_priority[keep], made_by[keep]
+    members, best_priority = members[keep], best_priority[keep]
 
     # near duplicates: IoU on the atom representation (matrix products)
     near = near_duplicates(members, atom_area, settings.dedup_iou)
-    votes = np.asarray((near.astype(np.float32) @ made_by.astype(np.float32)) > 0).sum(1)
 
     edges, elen, econ = boundary_strength(color.rgb2lab(img), atoms, n_atoms)
     border_atoms = np.bincount(np.concatenate([atoms[0], atoms[-1], atoms[:, 0], atoms[:, -1]]),
                                minlength=n_atoms)
     cues = region_cues(members, atom_area, edges, elen, econ, border_atoms)
     return {"members": members, "atoms": atoms, "atom_area": atom_area, "near": near,
-            "votes": votes, "priority": best_priority, "cues": cues}
+            "priority": best_priority, "cues": cues}
 
 
 def rank_and_deduplicate(score, tie_break, near, max_proposals):
@@ -526,7 +524,7 @@ def propose(rgb, settings=ProposalSettings(), image_id=""):
     """Mask proposals of one RGB uint8 image [H, W, 3], ranked best first (`Proposals`)."""
     rgb = np.asarray(rgb)
     c = candidates(rgb, settings, image_id)
-    score = objectness(c["cues"], c["votes"], c["priority"])
+    score = objectness(c["cues"])
     kept = rank_and_deduplicate(score, c["priority"], c["near"], settings.max_proposals)
     return Proposals(c["members"][kept], score[kept].astype(np.float32), c["atoms"],
                      rgb.shape[0], rgb.shape[1])

@@ -1,0 +1,137 @@
+"""Benchmark: built-in proposals (tag2mask.proposals) vs the `selectivesearch` PyPI package.
+
+Speed (seconds per image) and mask quality (ABO, recall@0.5/0.7 against GT instances) on the
+same images: the project's synthetic images (textured shapes on cluttered textured
+backgrounds, 128 px, as in the demo) and, when present, voc-mini photographs (train list, GT from SegmentationObject,
+void pixels removed from proposals before the IoU).
+
+`selectivesearch` is not a tag2mask dependency. Install it into the venv for this script only:
+
+    .venv/bin/pip install selectivesearch
+    .venv/bin/python benchmarks/proposals_vs_selectivesearch.py --voc-images 20
+
+It returns, per region, a box and the list of its Felzenszwalb segment labels, plus the
+label map; its masks here are built exactly from those labels (not from filled boxes).
+It runs single-strategy selective search (HSV colour + LBP texture + size + fill) at the
+parameters of its README example (scale=500, sigma=0.9, min_size=10) on the full image.
+`--builtin-only` skips it (e.g. to compare settings of the built-in generator). Prints JSON.
+"""
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+from tag2mask import masks as mask_rle  # noqa: E402
+from tag2mask.proposals import ProposalSettings, propose  # noqa: E402
+from tag2mask.proposals_quality import image_figures, summarise  # noqa: E402
+
+DEFAULT_VOC = REPO.parent / "shared" / "data" / "voc-mini"
+
+
+def synthetic_images(n, size=128, seed=0):
+    """(id, rgb uint8, [GT RLE dict], None) for the first n train images of the project's
+    synthetic dataset (tag2mask.datasets.synthetic: textured shapes on cluttered textured
+    backgrounds, the demo's data)."""
+    from tag2mask.datasets.synthetic import generate_image
+
+    out = []
+    for i in range(n):
+        sample = generate_image(seed, "train", i, size)
+        rles = [{"size": [size, size], "counts": mask_rle.encode(m).encode("ascii")}
+                for m in sample.masks if m.any()]
+        out.append((f"train_{i:05d}", sample.rgb, rles, None))
+    return out
+
+
+def voc_mini_images(root, n, split="train"):
+    """(id, rgb, [GT RLE dict], void RLE dict or None) for the first n images of a VOC list."""
+    voc = Path(root) / "VOC2012"
+    ids = (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[:n]
+    out = []
+    for image_id in ids:
+        rgb = np.asarray(Image.open(voc / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+        obj = np.asarray(Image.open(voc / "SegmentationObject" / f"{image_id}.png"))
+        h, w = obj.shape
+        inst = [obj == v for v in np.unique(obj) if v not in (0, 255)]
+        rles = [{"size": [h, w], "counts": mask_rle.encode(m).encode("ascii")} for m in inst]
+        void = obj == 255
+        void_rle = ({"size": [h, w], "counts": mask_rle.encode(void).encode("ascii")}
+                    if void.any() else None)
+        out.append((image_id, rgb, rles, void_rle))
+    return out
+
+
+def run_builtin(images, settings):
+    best, retrieved, n_props, seconds = [], [], [], []
+    for image_id, rgb, gt, void in images:
+        t = time.perf_counter()
+        counts = propose(rgb, settings, image_id).rle()
+        seconds.append(time.perf_counter() - t)
+        b, r = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
+        best += b.tolist(); retrieved += r.tolist(); n_props.append(len(counts))
+    return summarise(best, retrieved, n_props, seconds)
+
+
+def run_selectivesearch(images, scale=500, sigma=0.9, min_size=10):
+    import selectivesearch  # pip install selectivesearch (benchmark only)
+    best, n_props, seconds = [], [], []
+    for image_id, rgb, gt, void in images:
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            labelled, regions = selectivesearch.selective_search(
+                rgb, scale=scale, sigma=sigma, min_size=min_size)
+        label_map = labelled[:, :, 3].astype(np.int64)
+        n_labels = int(label_map.max()) + 1
+        # masks exactly from each region's segment labels (membership matrix, one indexing)
+        member = np.zeros((len(regions), n_labels), bool)
+        for i, r in enumerate(regions):
+            member[i, np.asarray(r["labels"], np.int64)] = True
+        member = np.unique(member, axis=0)  # the package returns duplicates
+        from tag2mask.proposals import members_to_rle
+        counts = members_to_rle(member, label_map)
+        seconds.append(time.perf_counter() - t)
+        b, _ = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
+        best += b.tolist(); n_props.append(len(counts))
+    out = summarise(best, [], n_props, seconds)
+    out.pop("point_retrieval_miou")  # its regions carry no ranking
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--voc-root", type=Path, default=DEFAULT_VOC)
+    p.add_argument("--voc-images", type=int, default=20)
+    p.add_argument("--voc-split", default="train")
+    p.add_argument("--synthetic-images", type=int, default=20)
+    p.add_argument("--settings", default="{}",
+                   help="inline JSON of built-in generator settings (the `proposals` section)")
+    p.add_argument("--builtin-only", action="store_true")
+    args = p.parse_args(argv)
+    settings = ProposalSettings.from_options(json.loads(args.settings))
+    sets = {"synthetic": synthetic_images(args.synthetic_images)}
+    if args.voc_images and (args.voc_root / "VOC2012").is_dir():
+        sets["voc-mini"] = voc_mini_images(args.voc_root, args.voc_images, args.voc_split)
+    report = {"settings": settings.__dict__, "sets": {}}
+    for name, images in sets.items():
+        entry = {"images": len(images), "builtin": run_builtin(images, settings)}
+        if not args.builtin_only:
+            ss = run_selectivesearch(images)
+            entry["selectivesearch"] = ss
+            entry["speedup"] = ss["seconds_per_image"] / entry["builtin"]["seconds_per_image"]
+            entry["abo_difference"] = entry["builtin"]["abo"] - ss["abo"]
+        report["sets"][name] = entry
+    print(json.dumps(report, indent=1, default=list))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+# Stage 2a: mask proposals per image (CPU only), sharded like the peaks, then gathered.
+# Built-in selective-search style grouping, or imported from proposals.external_json.
+# Quality against ground truth (ABO, recall) only for datasets with GT.
+
+PROPOSALS = config["proposals"]
+_EXTERNAL = [PROPOSALS["external_json"]] if PROPOSALS["method"] == "external" else []
+_PROPOSALS_CODE = code_digest("proposals", "proposals_cli", "proposals_import", "store",
+                              "masks", "images", "manifest", "shards")
+
+
+rule propose:
+    input:
+        manifest=f"{DATA}/manifest.json",
+        external=_EXTERNAL,
+    output:
+        f"{RUN}/proposals/shards/{{shard}}.h5",
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        cli=TAG2MASK,
+        options=options("proposals"),
+        num_shards=len(SHARDS),
+        code=_PROPOSALS_CODE,
+    log:
+        f"{RUN}/logs/propose/{{shard}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/propose/{{shard}}.tsv"
+    conda:
+        "../envs/tag2mask.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "{params.cli} propose --manifest {input.manifest:q} --config {params.options:q} "
+        "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output:q} "
+        "> {log:q} 2>&1"
+
+
+rule gather_proposals:
+    input:
+        expand(f"{RUN}/proposals/shards/{{shard}}.h5", shard=SHARDS),
+    output:
+        f"{RUN}/proposals/proposals.h5",
+    params:
+        cli=TAG2MASK,
+        code=code_digest("gather_cli", "store"),
+    log:
+        f"{RUN}/logs/gather_proposals.log",
+    conda:
+        "../envs/tag2mask.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "{params.cli} gather --kind proposals --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+# GT of the splits that have proposals (pseudo masks are made for train images)
+PROPOSAL_GT_SPLITS = [s for s in PROPOSALS["splits"] if s in GT_SPLITS]
+
+if HAS_GT and PROPOSAL_GT_SPLITS:
+
+    rule evaluate_proposals:
+        input:
+            proposals=f"{RUN}/proposals/proposals.h5",
+            gt=expand(f"{DATA}/gt/{{split}}.json", split=PROPOSAL_GT_SPLITS),
+        output:
+            f"{RUN}/proposals/quality.json",
+        params:
+            cli=TAG2MASK,
+            gt=lambda w, input: [f"{s}={p}" for s, p in zip(PROPOSAL_GT_SPLITS, input.gt)],
+            code=code_digest("proposals_quality", "store", "masks"),
+        log:
+            f"{RUN}/logs/evaluate_proposals.log",
+        benchmark:
+            f"{RUN}/benchmarks/evaluate_proposals.tsv"
+        conda:
+            "../envs/tag2mask.yaml"
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "{params.cli} evaluate-proposals --proposals {input.proposals:q} "
+            "--gt {params.gt:q} --out {output:q} > {log:q} 2>&1"
+
+
+# what `rule all` asks of this stage
+PROPOSALS_TARGET = (
+    f"{RUN}/proposals/quality.json"
+    if HAS_GT and PROPOSAL_GT_SPLITS
+    else f"{RUN}/proposals/proposals.h5"
+)
