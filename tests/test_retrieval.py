@@ -222,7 +222,7 @@ def _write_inputs(tmp_path):
             entry = peaks if i != 2 else peaks_entry(np.zeros((0, 40, 60)), [], [],
                                                      np.zeros((0, 40, 60)), [])
             pw.add(rec.id, H, W, entry, {"num_peaks": len(entry["peak_class"])})
-        for rec in m.images:
+        for rec in m.images[:3] + m.images[4:]:  # img3 has no proposals
             qw.add(rec.id, H, W, {"masks": mask_rle.encode(props),
                                   "scores": np.asarray(OBJECTNESS, np.float32)})
     return manifest_path
@@ -234,15 +234,22 @@ def test_retrieve_command_writes_shards_that_gather(tmp_path):
     shards = []
     for shard in range(2):
         out = tmp_path / f"shards/{shard}.h5"
+        panels = ["--panels", str(tmp_path / "panels"), "--panels-max", "1"] if shard == 0 else []
         assert main(["retrieve", "--peaks", str(tmp_path / "peaks.h5"), "--proposals",
                      str(tmp_path / "props.h5"), "--manifest", str(manifest_path),
                      "--config", cfg, "--shard", str(shard), "--num-shards", "2",
-                     "--out", str(out)]) == 0
+                     "--out", str(out)] + panels) == 0
         shards.append(out)
+    pictures = list((tmp_path / "panels").iterdir())
+    assert [p.name for p in pictures] == ["img0.png"]
+    from PIL import Image
+    with Image.open(pictures[0]) as im:  # the pseudo masks + one tile per peak (2)
+        assert im.width >= 3 * 128
     gather(shards, tmp_path / "pseudo.h5")
     with StoreReader(tmp_path / "pseudo.h5", "pseudo_masks") as r:
         assert r.attrs["method"] == "prm"
-        assert sorted(r.image_ids) == ["img0", "img1", "img2", "img3"]  # img4 has no peaks entry
+        # img3 has no proposals, img4 no peaks entry: both left out (and logged)
+        assert sorted(r.image_ids) == ["img0", "img1", "img2"]
         e = r.read("img0")
         assert e["retrieval_status"] == "ok" and e["num_peaks"] == 2 and e["peaks_merged"] == 1
         np.testing.assert_array_equal(mask_rle.decode(e["masks"], H, W)[0], OBJECT)

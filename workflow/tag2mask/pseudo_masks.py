@@ -16,10 +16,12 @@ from tqdm import tqdm
 from . import masks as mask_rle
 from .config import digest
 from .errors import InputError
+from .images import load_rgb
 from .manifest import read_manifest
+from .panels import retrieval_panel
 from .retrieval import prepare_image, select
 from .shards import shard_items
-from .store import StoreReader, StoreWriter
+from .store import StoreReader, StoreWriter, image_key
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,8 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
     """Retrieve pseudo masks for shard `shard` of the manifest's images; returns status counts.
 
     Images are the manifest's, in manifest order, cut into `num_shards` shards; those absent
-    from the peaks store (e.g. a split the peaks stage did not cover) are left out and counted.
+    from the peaks or the proposals store (a split that stage did not cover) are left out,
+    counted and logged.
     """
     manifest = read_manifest(manifest_path)
     records = shard_items(manifest.images, num_shards, shard)
@@ -96,11 +99,10 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
         drawn = 0
         with StoreWriter(out_path, KIND, manifest.classes, config_digest, attrs=root) as out:
             for rec in tqdm(records, desc=f"retrieval shard {shard}", mininterval=10):
-                if rec.id not in peaks_store:
-                    status["not_in_peaks_store"] += 1
+                if rec.id not in peaks_store or rec.id not in props_store:
+                    status["not_in_peaks_store" if rec.id not in peaks_store
+                           else "not_in_proposals_store"] += 1
                     continue
-                if rec.id not in props_store:
-                    raise InputError(proposals_path, f"no proposals for image {rec.id!r}")
                 peaks = peaks_store.read(rec.id)
                 props = props_store.read(rec.id, ["masks", "scores"])
                 for store, entry in ((peaks_store, peaks), (props_store, props)):
@@ -113,12 +115,13 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
                 out.add(rec.id, rec.height, rec.width, arrays, attrs)
                 status[attrs["retrieval_status"]] += 1
                 if panels_dir is not None and drawn < panels_max and detail is not None:
-                    from .panels import retrieval_panel  # matplotlib-free, but only when asked
-                    retrieval_panel(rec.path, peaks, props, arrays, detail, manifest.classes,
-                                    panels_dir / f"{rec.id.replace('/', '_')}.png")
+                    retrieval_panel(load_rgb(rec.path), peaks, arrays, *detail,
+                                    manifest.classes, panels_dir / f"{image_key(rec.id)}.png")
                     drawn += 1
     log.info("shard %d/%d: %d images, %s", shard, num_shards, len(records), dict(status))
-    if status["not_in_peaks_store"]:
-        log.warning("%d manifest images of this shard are not in %s and were left out",
-                    status["not_in_peaks_store"], peaks_path)
+    for key, path in (("not_in_peaks_store", peaks_path),
+                      ("not_in_proposals_store", proposals_path)):
+        if status[key]:
+            log.warning("%d manifest images of this shard are not in %s and were left out",
+                        status[key], path)
     return status
