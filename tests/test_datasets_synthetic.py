@@ -147,68 +147,43 @@ def test_objects_are_textured_not_flat(samples):
 
 # ---------------------------------------------------------------- colour is no shortcut
 
-def nearest_mean_accuracy(train_x, train_y, test_x, test_y, n_classes):
-    """Accuracy of classifying by the nearest per-class mean feature."""
-    means = np.stack([train_x[train_y == k].mean(axis=0) for k in range(n_classes)])
-    pred = np.argmin(((test_x[:, None] - means[None]) ** 2).sum(axis=-1), axis=1)
-    return float((pred == test_y).mean())
-
-
-def best_threshold_balanced_accuracy(values, is_foreground):
-    """Best balanced accuracy of `value > t` (or `<`) as a foreground detector, over all t."""
-    order = np.argsort(values, kind="stable")
-    fg = is_foreground[order].astype(float)
-    tp = np.cumsum(fg[::-1])[::-1]  # foreground at or above each cut
-    fp = np.cumsum(1 - fg[::-1])[::-1]
-    bacc = 0.5 * (tp / fg.sum() + 1 - fp / (1 - fg).sum())
-    return float(max(bacc.max(), (1 - bacc).max()))
-
-
-def colour_features(rgb):
-    """Per pixel: R, G, B, luminance, saturation."""
-    f = rgb.reshape(-1, 3).astype(float)
-    hi, lo = f.max(axis=1), f.min(axis=1)
-    return np.column_stack([f, f @ [0.299, 0.587, 0.114], (hi - lo) / np.maximum(hi, 1)])
-
-
 def test_measures_detect_colour_coded_data():
     # known answers on constructed data where colour does tell class and foreground
     rng = np.random.default_rng(0)
     y = rng.integers(3, size=300)
     x = np.eye(3)[y] * 100 + rng.normal(0, 10, (300, 3))
-    assert nearest_mean_accuracy(x[:150], y[:150], x[150:], y[150:], 3) > 0.95
+    assert synthetic.nearest_mean_accuracy(x[:150], y[:150], x[150:], y[150:], 3) > 0.95
     values = rng.normal(0, 1, 1000)
-    assert best_threshold_balanced_accuracy(values, values > 0.3) == 1.0
-    assert best_threshold_balanced_accuracy(values, values < -0.3) == 1.0
-    assert best_threshold_balanced_accuracy(values, rng.random(1000) < 0.2) < 0.6
+    assert synthetic.best_threshold_balanced_accuracy(values, values > 0.3) == 1.0
+    assert synthetic.best_threshold_balanced_accuracy(values, values < -0.3) == 1.0
+    assert synthetic.best_threshold_balanced_accuracy(values, rng.random(1000) < 0.2) < 0.6
 
 
-def test_class_is_not_predictable_from_colour(samples):
-    feats, labels, image_index = [], [], []
-    for i, s in enumerate(samples):
+def test_colour_shortcuts_flag_colour_coded_images(samples):
+    # the same masks, recoloured: dark background, one bright colour per class
+    class_colours = np.array([[255, 60, 60], [60, 255, 60], [60, 60, 255],
+                              [255, 255, 60], [255, 60, 255], [60, 255, 255]], np.uint8)
+    coded = []
+    for s in samples[:20]:
+        rgb = np.full_like(s.rgb, 20)
         for m, c in zip(s.masks, s.classes):
-            feats.append(s.rgb[m].astype(float).mean(axis=0))
-            labels.append(c)
-            image_index.append(i)
-    feats, labels, image_index = map(np.array, (feats, labels, image_index))
-    train = image_index < len(samples) // 2
-    acc = nearest_mean_accuracy(feats[train], labels[train], feats[~train], labels[~train],
-                                len(synthetic.CLASSES))
-    assert acc < 0.3  # chance is 1/6; colour-coded classes would give ~1
+            rgb[m] = class_colours[c]
+        coded.append(synthetic.SyntheticImage(rgb, s.masks, s.classes))
+    stats = synthetic.colour_shortcuts(coded)
+    assert stats["instance_class_accuracy"] == 1.0
+    assert stats["global_threshold"] == 1.0
+    assert stats["per_image_threshold_median"] == 1.0
 
 
-def test_foreground_is_not_separable_by_a_colour_threshold(samples):
-    feats = np.concatenate([colour_features(s.rgb) for s in samples])
-    fg = np.concatenate([s.masks.any(axis=0).ravel() for s in samples])
-    assert 0.05 < fg.mean() < 0.5
+def test_colour_gives_no_shortcut(samples):
+    stats = synthetic.colour_shortcuts(samples)
+    assert 0.05 < stats["foreground_fraction"] < 0.5
+    # an instance's mean colour does not tell its class: chance is 1/6, colour-coded ~1
+    assert stats["instance_class_accuracy"] < 0.3
     # one threshold on one colour feature over the dataset: close to chance (0.5)
-    for j in range(feats.shape[1]):
-        assert best_threshold_balanced_accuracy(feats[:, j], fg) < 0.6
-    # even the best threshold chosen per image (an oracle) leaves much of it wrong
-    per_image = [max(best_threshold_balanced_accuracy(f[:, j], s.masks.any(axis=0).ravel())
-                     for j in range(f.shape[1]))
-                 for s in samples for f in [colour_features(s.rgb)]]
-    assert np.median(per_image) < 0.9
+    assert stats["global_threshold"] < 0.6
+    # even the best threshold chosen per image with the answer known leaves much of it wrong
+    assert stats["per_image_threshold_median"] < 0.92
 
 
 # ---------------------------------------------------------------- shapes

@@ -42,9 +42,14 @@ MIN_PIXELS_FRACTION = 0.002  # ... and at least this share of the image (20 px a
 NEAR_PLACEMENT = 0.5  # chance that a new instance is placed against an existing one
 PLACEMENT_TRIES = 40
 IMAGE_TRIES = 20  # redraws of an image that ended with fewer than min_instances
-PALETTE_SIZE = 4
+PALETTE_SIZE = 3
 COLOUR_JITTER = 24.0  # per-channel std (0..255) when a palette colour is used
 PIXEL_NOISE = 7.0  # per-pixel std added to the finished image
+# texture strength (0 flat .. 1 two independent colours) and amount of each layer
+BACKGROUND_STRENGTH = (0.25, 0.6)
+CLUTTER_STRENGTH = (0.2, 0.7)
+CLUTTER_ITEMS = (1, 5)  # [low, high) per image
+OBJECT_STRENGTH = (0.5, 1.0)
 MIN_CONTRAST = 50.0  # RGB distance between an object's edge colour and its surroundings
 FILL_TRIES = 8
 
@@ -163,13 +168,16 @@ def _hsv_to_rgb(hsv):
     return table[i, np.arange(len(hsv))]
 
 
-def textured_fill(rng, size, colours):
-    """[size, size, 3] float image mixing two jittered palette colours through a texture."""
+def textured_fill(rng, size, colours, strength):
+    """[size, size, 3] float image mixing two jittered palette colours through a texture.
+
+    `strength` in [0, 1] pulls the second colour towards the first: 0 is a flat colour, 1
+    mixes two independent palette colours."""
     a, b = rng.choice(len(colours), 2, replace=False)
     ca = colours[a] + rng.normal(0, COLOUR_JITTER, 3)
     cb = colours[b] + rng.normal(0, COLOUR_JITTER, 3)
     w = texture(rng, size)[..., None]
-    return ca * (1 - w) + cb * w
+    return ca + strength * w * (cb - ca)
 
 
 def contrasting_fill(rng, size, colours, img, mask):
@@ -182,11 +190,11 @@ def contrasting_fill(rng, size, colours, img, mask):
     inner = mask & ~binary_erosion(mask, iterations=2)
     outer = binary_dilation(mask, iterations=2) & ~mask
     if not outer.any():
-        return textured_fill(rng, size, colours)
+        return textured_fill(rng, size, colours, rng.uniform(*OBJECT_STRENGTH))
     around = img[outer].mean(axis=0)
     best, best_contrast = None, -1.0
     for _ in range(FILL_TRIES):
-        fill = textured_fill(rng, size, colours)
+        fill = textured_fill(rng, size, colours, rng.uniform(*OBJECT_STRENGTH))
         contrast = float(np.linalg.norm(fill[inner].mean(axis=0) - around))
         if contrast >= MIN_CONTRAST:
             return fill
@@ -198,12 +206,17 @@ def contrasting_fill(rng, size, colours, img, mask):
 # ---------------------------------------------------------------- background and clutter
 
 def background(rng, size, colours):
-    img = textured_fill(rng, size, colours)
-    # a second texture over part of the image, cut by a smooth noise field
+    """Two subdued textures split by a smooth noise field, with clutter blobs and lines.
+
+    Same colours as the objects, but textures of lower contrast (BACKGROUND_STRENGTH), so
+    objects stand out by their form and texture, not by their colour."""
+    img = textured_fill(rng, size, colours, rng.uniform(*BACKGROUND_STRENGTH))
     region = _smooth_noise(rng, size, int(rng.integers(2, 5))) > rng.uniform(0.35, 0.65)
-    img = np.where(region[..., None], textured_fill(rng, size, colours), img)
-    for _ in range(rng.integers(2, 7)):
-        img = np.where(clutter_mask(rng, size)[..., None], textured_fill(rng, size, colours), img)
+    img = np.where(region[..., None],
+                   textured_fill(rng, size, colours, rng.uniform(*BACKGROUND_STRENGTH)), img)
+    for _ in range(rng.integers(*CLUTTER_ITEMS)):
+        fill = textured_fill(rng, size, colours, rng.uniform(*CLUTTER_STRENGTH))
+        img = np.where(clutter_mask(rng, size)[..., None], fill, img)
     return img
 
 
@@ -215,9 +228,10 @@ def clutter_mask(rng, size):
     u = (xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)
     v = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)
     if rng.random() < 0.5:
-        # an elongated ellipse with a strongly noisy edge: lumpy, never a clean class shape
-        r = rng.uniform(0.06, 0.2) * size
-        aspect = rng.uniform(1.6, 3.5)
+        # an elongated ellipse (far more than a stretched circle) with a strongly noisy edge:
+        # lumpy, never a clean class shape
+        r = rng.uniform(0.025, 0.07) * size
+        aspect = rng.uniform(2.2, 4.0)
         d2 = (u / (r * aspect)) ** 2 + (v / r) ** 2
         noise = _smooth_noise(rng, size, int(rng.integers(8, 18)))
         return d2 + 2.0 * (noise - 0.5) < 1.0
@@ -299,6 +313,64 @@ def place_instances(rng, size, wanted, min_object_size, max_object_size):
                 break
     full = np.array(full, dtype=bool).reshape(-1, size, size)
     return full, classes
+
+
+# ---------------------------------------------------------------- difficulty measures
+# How much colour alone gives away; used by the tests and benchmarks/synthetic_stats.py.
+
+def colour_features(rgb):
+    """Per pixel [H*W, 5]: R, G, B, luminance, saturation."""
+    f = rgb.reshape(-1, 3).astype(np.float64)
+    hi, lo = f.max(axis=1), f.min(axis=1)
+    return np.column_stack([f, f @ [0.299, 0.587, 0.114], (hi - lo) / np.maximum(hi, 1)])
+
+
+def nearest_mean_accuracy(train_x, train_y, test_x, test_y, n_classes):
+    """Accuracy of classifying feature vectors by the nearest per-class mean."""
+    means = np.stack([train_x[train_y == k].mean(axis=0) for k in range(n_classes)])
+    pred = np.argmin(((test_x[:, None] - means[None]) ** 2).sum(axis=-1), axis=1)
+    return float((pred == test_y).mean())
+
+
+def best_threshold_balanced_accuracy(values, is_foreground):
+    """Best balanced accuracy of `value >= t` (or `<`) as a foreground detector, over all t."""
+    order = np.argsort(values, kind="stable")
+    fg = np.asarray(is_foreground)[order].astype(np.float64)
+    tp = np.cumsum(fg[::-1])[::-1]  # foreground at or above each cut
+    fp = np.cumsum(1 - fg[::-1])[::-1]
+    bacc = 0.5 * (tp / fg.sum() + 1 - fp / (1 - fg).sum())
+    return float(max(bacc.max(), (1 - bacc).max()))
+
+
+def colour_shortcuts(samples):
+    """Colour-only baselines on generated samples (chance: 1/classes and 0.5).
+
+    instance_class_accuracy: nearest class-mean of an instance's mean colour (means from the
+    first half of the images, tested on the second); global_threshold: best balanced accuracy
+    of one threshold on one colour feature separating foreground from background over all
+    images; per_image_threshold_median: the same, threshold and feature chosen per image
+    with the answer known (an oracle), median over images."""
+    feats, labels, image_index = [], [], []
+    for i, s in enumerate(samples):
+        for m, c in zip(s.masks, s.classes):
+            feats.append(s.rgb[m].astype(np.float64).mean(axis=0))
+            labels.append(c)
+            image_index.append(i)
+    feats, labels, image_index = map(np.array, (feats, labels, image_index))
+    first = image_index < len(samples) // 2
+    pixels = [colour_features(s.rgb) for s in samples]
+    fgs = [s.masks.any(axis=0).ravel() for s in samples]
+    all_pixels, all_fg = np.concatenate(pixels), np.concatenate(fgs)
+    return {
+        "instance_class_accuracy": nearest_mean_accuracy(
+            feats[first], labels[first], feats[~first], labels[~first], len(CLASSES)),
+        "global_threshold": max(best_threshold_balanced_accuracy(all_pixels[:, j], all_fg)
+                                for j in range(all_pixels.shape[1])),
+        "per_image_threshold_median": float(np.median([
+            max(best_threshold_balanced_accuracy(f[:, j], fg) for j in range(f.shape[1]))
+            for f, fg in zip(pixels, fgs)])),
+        "foreground_fraction": float(all_fg.mean()),
+    }
 
 
 # ---------------------------------------------------------------- the reader
