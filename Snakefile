@@ -17,6 +17,7 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/dataset.smk"
 include: "rules/proposals.smk"
+include: "rules/retrieval.smk"
 include: "rules/evaluate.smk"
 
 

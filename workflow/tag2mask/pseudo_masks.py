@@ -92,7 +92,9 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
             if store.class_names != manifest.classes:
                 raise InputError(store.path, f"class names {store.class_names} differ from the "
                                              f"manifest's {manifest.classes}")
-        config_digest = digest({"retrieval": options,
+        # what the masks depend on (not how many pictures are drawn)
+        choice = {k: v for k, v in options.items() if k != "panel_images"}
+        config_digest = digest({"retrieval": choice,
                                 "peaks": peaks_store.attrs.get("config_digest", ""),
                                 "proposals": props_store.attrs.get("config_digest", "")})
         root = {"method": options["method"], "shard": f"{shard}/{num_shards}"}

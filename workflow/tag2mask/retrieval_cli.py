@@ -31,7 +31,8 @@ def add_command(sub):
     p.add_argument("--out", required=True, type=Path, help="output pseudo-mask store (.h5)")
     p.add_argument("--panels", type=Path, default=None,
                    help="folder for pictures of the chosen proposals of the first images")
-    p.add_argument("--panels-max", type=int, default=4, help="images drawn into --panels")
+    p.add_argument("--panels-max", type=int, default=None,
+                   help="images drawn into --panels (default: the config's panel_images)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.set_defaults(func=run)
 
@@ -42,4 +43,5 @@ def run(args):
     if args.panels is not None:
         args.panels.mkdir(parents=True, exist_ok=True)
     write_shard(args.peaks, args.proposals, args.manifest, options, args.shard, args.num_shards,
-                args.out, panels_dir=args.panels, panels_max=args.panels_max)
+                args.out, panels_dir=args.panels,
+                panels_max=options["panel_images"] if args.panels_max is None else args.panels_max)
