@@ -20,14 +20,18 @@ Per image:
    over-segmentations are overlaid into "atoms" (pixels with the same superpixel in every
    over-segmentation); a region's mask is then a boolean row over atoms, obtained by one
    indexing operation, and materialising a mask is one more.
-5. Exact duplicates (equal atom rows) are joined; IoU between all candidates is one matrix
-   product of the atom-membership matrix weighted by atom areas.
-6. Ranking and score (see `objectness`), then greedy de-duplication in rank order: a
-   proposal whose IoU with a better-ranked kept proposal exceeds `dedup_iou` is dropped;
-   the best `max_proposals` are kept.
+5. Exact duplicates (equal atom rows) are joined. Near duplicates (IoU >= `dedup_iou`) are
+   found with sparse matrix products of the atom-membership matrix weighted by atom areas,
+   each block of regions compared only with regions of compatible area.
+6. Each region gets an objectness score (`objectness`: contour contrast, compactness,
+   distance from the image border); proposals are ranked by it (ties: selective search's
+   hierarchy-level x random priority), then de-duplicated greedily in rank order (a
+   proposal whose IoU with a better-ranked kept one is >= `dedup_iou` is dropped) until
+   `max_proposals` are kept.
+7. Masks are written as COCO RLE straight from the atom representation (`members_to_rle`).
 
-The score is an objectness proxy (higher is better), used by WISE-style retrieval ("the
-highest-objectness proposal covering the peak"); `objectness` documents how it is made.
+Settings and measured quality/speed: `ProposalSettings`, config/schema.yaml (`proposals`),
+benchmarks/proposals_vs_selectivesearch.py.
 """
 
 import heapq
@@ -181,9 +185,10 @@ def adjacency(labels):
     pairs = np.concatenate([
         np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], 1),
         np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], 1)])
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    pairs.sort(axis=1)
-    return np.unique(pairs, axis=0, return_counts=True)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]].astype(np.int64)
+    n = int(labels.max()) + 1
+    key, counts = np.unique(pairs.min(1) * n + pairs.max(1), return_counts=True)
+    return np.stack([key // n, key % n], 1), counts
 
 
 def boxes_of(labels, n):
@@ -310,27 +315,28 @@ def iou_matrix(a, b, weights):
     return inter / np.maximum(union, 1e-9)
 
 
-def near_duplicates(members, weights, threshold, block=512):
+def near_duplicates(members, weights, threshold, block=256):
     """Sparse symmetric matrix (CSR, bool) of pairs of rows with IoU >= threshold, the
-    diagonal included. IoU >= t needs area ratio >= t, so after sorting by area each block of
-    rows is compared (one matrix product) only with the rows in its area window."""
+    diagonal included. Regions are sparse over atoms (most are small), so intersections are
+    sparse matrix products; and as IoU >= t needs area ratio >= t, after sorting by area each
+    block of rows is compared only with the rows in its area window."""
     w = weights.astype(np.float32)
-    mf = members.astype(np.float32)
-    area = mf @ w
+    m = sparse.csr_matrix(members, dtype=np.float32)
+    area = m @ w
     order = np.argsort(area, kind="stable")
     a = area[order]
-    mf = mf[order]
-    mw = mf * w
+    m = m[order]
+    mw = m.multiply(w[None, :]).tocsr()
     rows, cols = [], []
     for s in range(0, len(a), block):
         e = min(len(a), s + block)
         lo = np.searchsorted(a, a[s] * threshold, "left")
         hi = np.searchsorted(a, a[e - 1] / threshold, "right")
-        inter = mw[s:e] @ mf[lo:hi].T
-        union = a[s:e, None] + a[None, lo:hi] - inter
-        r, c = np.nonzero(inter >= threshold * union)
-        rows.append(order[s + r])
-        cols.append(order[lo + c])
+        inter = (mw[s:e] @ m[lo:hi].T).tocoo()
+        r, c = inter.row, inter.col
+        keep = inter.data >= threshold * (a[s + r] + a[lo + c] - inter.data)
+        rows.append(order[s + r[keep]])
+        cols.append(order[lo + c[keep]])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     n = len(members)
     return sparse.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
@@ -338,24 +344,38 @@ def near_duplicates(members, weights, threshold, block=512):
 
 def members_to_rle(members, labels):
     """COCO RLE counts strings of the masks members[m][labels] (labels [H, W] int) without
-    materialising them: run-length encode the label map once in column-major order, then
-    each mask's runs are the label runs whose membership changes."""
+    materialising them: run-length encode the label map once in column-major order; a mask
+    is then the set of label runs whose label it contains (a sparse product), and its own
+    runs are the stretches of consecutive label runs."""
     height, width = labels.shape
     if len(members) == 0:
         return []
     flat = labels.T.ravel()  # COCO RLE runs down columns
     n_pix = flat.size
     starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
-    inside = members[:, flat[starts]]  # [M, runs]
-    # positions where each mask switches value, with a leading switch if it starts inside
-    lead = np.zeros((len(members), 1), bool)
-    switch = np.concatenate([inside[:, :1] != lead, inside[:, 1:] != inside[:, :-1]], 1)
-    rows, cols = np.nonzero(switch)
-    pos = starts[cols]
-    bounds = np.searchsorted(rows, np.arange(len(members) + 1))
+    run_label = flat[starts]
+    starts = np.r_[starts, n_pix]
+    select = sparse.csr_matrix((np.ones(len(run_label), np.int8),
+                                (run_label, np.arange(len(run_label)))),
+                               shape=(members.shape[1], len(run_label)))
+    inside = sparse.csr_matrix(members, dtype=np.int8) @ select  # [M, runs]
+    inside.sort_indices()
+    idx = inside.indices
+    row = np.repeat(np.arange(len(members)), np.diff(inside.indptr))
+    first = np.zeros(len(idx), bool)
+    first[inside.indptr[:-1][np.diff(inside.indptr) > 0]] = True
+    seg_start = first | np.r_[True, idx[1:] != idx[:-1] + 1]
+    seg_end = np.r_[seg_start[1:], True]
+    # boundaries of each mask: start, end, start, end, ... (pixel positions)
+    pos = np.empty(2 * int(seg_start.sum()), np.int64)
+    pos[0::2] = starts[idx[seg_start]]
+    pos[1::2] = starts[idx[seg_end] + 1]
+    bounds = 2 * np.searchsorted(row[seg_start], np.arange(len(members) + 1))
     objs = []
-    for m in range(len(members)):
-        p = pos[bounds[m]:bounds[m + 1]]
+    for k in range(len(members)):
+        p = pos[bounds[k]:bounds[k + 1]]
+        if len(p) and p[-1] == n_pix:  # a mask reaching the last pixel ends without a 0 run
+            p = p[:-1]
         counts = np.diff(np.concatenate([[0], p, [n_pix]]))
         objs.append({"size": [height, width], "counts": counts.tolist()})
     rles = mask_utils.frPyObjects(objs, height, width)
@@ -404,15 +424,29 @@ def rank01(x):
 
 
 def region_cues(members, atom_area, edges, edge_length, edge_contrast, border_atoms):
-    """Per-candidate measurements used by `objectness` (dict of arrays [R])."""
-    cutf = (members[:, edges[:, 0]] != members[:, edges[:, 1]]).astype(np.float32)  # [R, E]
-    contour_len = cutf @ edge_length.astype(np.float32)
-    contrast = (cutf @ edge_contrast.astype(np.float32)) / np.maximum(contour_len, 1e-9)
-    total = float(atom_area.sum())
-    area = members.astype(np.float32) @ atom_area.astype(np.float32)
-    border = members.astype(np.float32) @ border_atoms.astype(np.float32)
+    """Per-candidate measurements used by `objectness` (dict of arrays [R]).
+
+    A region's contour is the set of atom-adjacency edges with one end inside: its length
+    is (boundary length of all its atoms) - 2 x (length of the edges inside it), and the
+    inside part is a sparse product with the weighted adjacency matrix."""
+    n_atoms = len(atom_area)
+    m = sparse.csr_matrix(members, dtype=np.float64)
+
+    def contour_sum(values):
+        per_atom = np.bincount(edges.ravel(), np.repeat(values, 2), minlength=n_atoms)
+        adj = sparse.csr_matrix((np.r_[values, values], (np.r_[edges[:, 0], edges[:, 1]],
+                                                          np.r_[edges[:, 1], edges[:, 0]])),
+                                shape=(n_atoms, n_atoms))
+        inside = np.asarray((m @ adj).multiply(m).sum(1)).ravel()  # 2 x internal edges
+        return m @ per_atom - inside
+
+    contour_len = np.round(contour_sum(edge_length.astype(np.float64)))  # pixel-pair counts
+    contrast = np.where(contour_len > 0, np.maximum(contour_sum(edge_contrast), 0)
+                        / np.maximum(contour_len, 1), 0.0)
+    area = m @ atom_area.astype(np.float64)
+    border = m @ border_atoms.astype(np.float64)
     perimeter = contour_len + border
-    return {"contrast": contrast, "area": area / total,
+    return {"contrast": contrast, "area": area / float(atom_area.sum()),
             "compactness": 4 * np.pi * area / np.maximum(perimeter, 1) ** 2,
             "border": border / np.maximum(perimeter, 1)}
 
