@@ -139,7 +139,7 @@ def evaluate(gt, predictions, iou_thresholds=DEFAULT_IOU_THRESHOLDS, max_dets=10
     Returns the report dict described in the module docstring (protocol, mAP@t per threshold,
     AP, ABO, per_class, counts). `where` names the predictions in error messages.
     """
-    iou_thresholds = sorted({round(float(t), 2) for t in iou_thresholds})
+    iou_thresholds = sorted({round(float(t), 4) for t in iou_thresholds})
     images = {int(im["id"]): im for im in gt["images"]}
     categories = sorted(gt["categories"], key=lambda c: c["id"])
     cat_ids = [int(c["id"]) for c in categories]
