@@ -209,6 +209,16 @@ def test_no_peaks_gives_an_empty_image():
     peaks = peaks_entry(np.zeros((0, 8, 12)), [], [], np.zeros((0, 8, 12)), [])
     arrays, attrs, _ = retrieve_image(peaks, {"masks": [], "scores": np.zeros(0)}, H, W, opts())
     assert attrs["retrieval_status"] == "no_peaks" and arrays["masks"] == []
+    # peaks but no proposal at all, or only a peak whose response map is empty
+    for method in ("prm", "wise"):
+        arrays, attrs, _ = retrieve_image(scene_peaks(2), {"masks": [], "scores": np.zeros(0)},
+                                          H, W, opts(method=method))
+        assert attrs["retrieval_status"] == "no_proposal" and arrays["boxes"].shape == (0, 4)
+        peaks = scene_peaks(1)
+        peaks["response_maps"][:] = 0
+        props = {"masks": mask_rle.encode(np.stack(PROPOSALS)), "scores": np.array(OBJECTNESS)}
+        arrays, attrs, _ = retrieve_image(peaks, props, H, W, opts(method=method))
+        assert attrs["retrieval_status"] == "no_proposal" and attrs["peaks_without_proposal"] == 1
 
 
 def _write_inputs(tmp_path):
