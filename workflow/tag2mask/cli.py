@@ -16,6 +16,8 @@ from .errors import InputError
 COMMANDS = {
     "prepare-dataset": "tag2mask.datasets.cli",
     "train-classifier": "tag2mask.train_classifier",
+    "extract-peaks": "tag2mask.peaks_cli",
+    "evaluate-peaks": "tag2mask.peaks_quality",
     "propose": "tag2mask.proposals_cli",
     "import-proposals": "tag2mask.proposals_import",
     "evaluate-proposals": "tag2mask.proposals_quality",

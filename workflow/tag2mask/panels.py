@@ -143,3 +143,36 @@ def retrieval_panel(image, peaks, arrays, inputs, selection, class_names, path, 
         tiles.append(t)
         captions.append(f"peak {p} {class_names[cls]}\nprop {chosen} s={score} {fate}")
     save_png(tile(tiles, captions), path)
+
+
+def peaks_panel(image, peaks, class_names, path, max_peaks=11):
+    """One PNG per image: the image with its peaks (crosses in class colours), each stored class
+    map over the image with that class's peaks, then per peak (strongest first) its response
+    map over the image with the peak (cross) and the response argmax (white dot).
+
+    image: uint8 RGB [H, W, 3]; peaks: the arrays of one image of a peaks store.
+    """
+    height, width = image.shape[:2]
+    peak_class = np.asarray(peaks["peak_class"], int)
+    peak_yx = np.asarray(peaks["peak_yx"], np.float32).reshape(-1, 2)
+    values = np.asarray(peaks["peak_value"], np.float32)
+    colours = [color(100 + c) for c in peak_class]
+    tiles = [draw_points(image, peak_yx, colours)]
+    captions = [f"{len(peak_class)} peaks\n" + ", ".join(
+        class_names[c] for c in np.asarray(peaks["map_classes"], int))]
+    for k, c in enumerate(np.asarray(peaks["map_classes"], int)):
+        cmap = np.asarray(peaks["class_maps"][k], np.float32)
+        t = blend(image, heat(resize(cmap - cmap.min(), height, width)), 0.6)
+        mine = peak_class == c
+        tiles.append(draw_points(t, peak_yx[mine], [color(100 + c)] * int(mine.sum())))
+        captions.append(f"class map {class_names[c]}\nmax {cmap.max():.2f}, {int(mine.sum())} peaks")
+    argmax = peaks.get("response_argmax_yx")
+    for p in range(min(len(peak_class), max_peaks)):
+        r = resize(np.asarray(peaks["response_maps"][p], np.float32), height, width)
+        t = np.array(draw_points(blend(image, heat(r), 0.6), peak_yx[p:p + 1], colours[p:p + 1]))
+        if argmax is not None:
+            y, x = np.clip(np.round(argmax[p]).astype(int), 0, [height - 1, width - 1])
+            t[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = 255
+        tiles.append(t)
+        captions.append(f"peak {p} {class_names[peak_class[p]]}\nvalue {values[p]:.2f}")
+    save_png(tile(tiles, captions), path)

@@ -24,6 +24,7 @@ from .errors import InputError
 
 FORMAT = "tag2mask-store"
 FORMAT_VERSION = 1
+COUNT_PREFIX = "count_"  # root attrs that gather sums over the shards
 _COMPRESS_BYTES = 4096
 _STR = h5py.string_dtype("ascii")
 # File format bounds: v2 object headers and compact link storage cut an image group's
@@ -175,6 +176,13 @@ def gather(shard_paths, out_path):
     root_attrs = dict(first.attrs)
     first.close()
     root_attrs.pop("shard", None)
+    # Root attrs named count_* are per-shard counts (e.g. images without peaks): summed.
+    counts = {k: 0 for k in root_attrs if k.startswith(COUNT_PREFIX)}
+    for p in shard_paths:
+        with StoreReader(p) as r:
+            for k in counts:
+                counts[k] += int(r.attrs.get(k, 0))
+    root_attrs.update(counts)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver=_LIBVER) as out:
         for k, v in root_attrs.items():
             out.attrs[k] = v

@@ -1,0 +1,88 @@
+"""`tag2mask extract-peaks`: the peaks store of one shard of the images.
+
+    tag2mask extract-peaks --manifest M --checkpoint C --config X --shard i --num-shards N \\
+        --out shards/i.h5 [--panels DIR]
+    tag2mask gather --kind peaks --out peaks.h5 shards/*.h5
+    tag2mask evaluate-peaks --peaks peaks.h5 --gt gt/train.json --out quality.json
+
+extract-peaks writes the peaks store (kind "peaks", docs/formats.md) of one shard of the
+images of the configured splits (`peaks.splits`, manifest order), and a panel PNG for each of
+the first `peaks.panels` images of those splits that fall in the shard. evaluate-peaks reads
+ground truth and is an evaluation stage only (tag2mask.peaks_quality).
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from .classifier import load_classifier
+from .config import section_options
+from .errors import InputError
+from .manifest import read_manifest
+from .shards import shard_bounds
+
+log = logging.getLogger(__name__)
+
+
+def add_command(sub):
+    p = sub.add_parser("extract-peaks", help="class peaks and peak response maps of one shard",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, help="classifier.pt")
+    p.add_argument("--config", required=True,
+                   help="a workflow config YAML (its `peaks` section is used), or that section "
+                        "as inline JSON")
+    p.add_argument("--shard", type=int, default=0, help="0-based shard index (default 0)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of shards (default 1)")
+    p.add_argument("--out", required=True, type=Path, help="the peaks store (.h5)")
+    p.add_argument("--panels", type=Path, default=None, help="folder for the panel PNGs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract)
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("peaks.device", "cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def selected_images(manifest, options, shard=0, num_shards=1):
+    """(records of one shard, index of its first record in the whole selection)."""
+    unknown = [s for s in options["splits"] if s not in manifest.splits]
+    if unknown:
+        log.warning("peaks.splits %s: no such split in the manifest (it has %s)",
+                    unknown, manifest.splits)
+    records = [r for r in manifest.images if r.split in options["splits"]]
+    if not 0 <= shard < num_shards:
+        raise InputError("--shard", f"shard {shard} outside 0..{num_shards - 1}")
+    start, stop = shard_bounds(len(records), num_shards, shard)
+    return records[start:stop], start
+
+
+def run_extract(args):
+    from .peaks import extract
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = section_options(args.config, "peaks")
+    manifest = read_manifest(args.manifest)
+    device = resolve_device(options["device"])
+    model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
+    model.requires_grad_(False)  # only input gradients are needed
+    input_size = options["input_size"] or meta["input_size"]
+    records, start = selected_images(manifest, options, args.shard, args.num_shards)
+    panel_indices = range(max(0, min(options["panels"] - start, len(records))))
+    if args.panels is not None:
+        args.panels.mkdir(parents=True, exist_ok=True)
+    log.info("shard %d/%d: %d images on %s, input %d px, classifier %s (%s)", args.shard,
+             args.num_shards, len(records), device, input_size, args.checkpoint,
+             meta["backbone"])
+    extract(records, manifest, model, options, args.out, device, input_size,
+            panel_dir=args.panels, panel_indices=panel_indices if args.panels else (),
+            progress=not args.no_progress,
+            root_attrs={"shard": args.shard, "num_shards": args.num_shards})

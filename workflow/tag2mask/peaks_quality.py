@@ -1,0 +1,198 @@
+"""How good are the class peaks? Figures from a peaks store against ground truth (evaluation only).
+
+- classification mAP: the stored per-image class scores against the classes present in GT;
+- peak precision: share of peaks that lie inside a GT instance of their class;
+- instance recall: share of GT instances hit by at least one peak of their class;
+- duplicate rate: share of GT instances hit by more than one peak of their class;
+- the same three for the response-map argmax points (WISE's point per peak);
+- the peak values of correct and wrong peaks (quantiles) and precision / recall / duplicates
+  if the peak threshold were raised to each of a few values: how to choose peaks.peak_threshold.
+
+Crowd regions are not instances (a peak in one counts as wrong, as in COCO evaluation it
+would be ignored; few datasets here have crowds).
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from . import masks as mask_rle
+from .atomic import write_json
+from .errors import InputError
+from .store import StoreReader
+
+log = logging.getLogger(__name__)
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def read_gt(paths):
+    """{image name: (height, width, [(class index, counts)])} from COCO GT files."""
+    out = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                coco = json.load(f)
+        except FileNotFoundError:
+            raise InputError(path, "ground-truth file not found") from None
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"not valid JSON ({e})") from None
+        by_id = {}
+        for im in coco["images"]:
+            by_id[im["id"]] = im["name"]
+            out[im["name"]] = (im["height"], im["width"], [])
+        for a in coco["annotations"]:
+            seg = a["segmentation"]
+            if not isinstance(seg, dict):
+                raise InputError(path, f"annotation {a['id']}: segmentation is not an RLE")
+            out[by_id[a["image_id"]]][2].append(
+                (a["category_id"] - 1, seg["counts"], bool(a.get("iscrowd", 0))))
+    return out
+
+
+def match_points(points, point_class, instance_masks, instance_class):
+    """(point correct [P] bool, hits per instance [N] int): a point is correct when it lies
+    inside an instance of its class; every such instance counts it as a hit."""
+    n, p = len(instance_class), len(point_class)
+    if n == 0 or p == 0:
+        return np.zeros(p, bool), np.zeros(n, int)
+    h, w = instance_masks.shape[1:]
+    yx = np.clip(np.round(np.asarray(points, np.float64)).astype(int), 0, [h - 1, w - 1])
+    inside = instance_masks[:, yx[:, 0], yx[:, 1]]  # [N, P]
+    inside &= np.asarray(instance_class)[:, None] == np.asarray(point_class)[None, :]
+    return inside.any(0), inside.sum(1)
+
+
+def _rates(correct, hits):
+    hits = np.asarray(hits)
+    return {
+        "precision": float(np.mean(correct)) if len(correct) else None,
+        "instance_recall": float(np.mean(hits >= 1)) if len(hits) else None,
+        "duplicate_rate": float(np.mean(hits > 1)) if len(hits) else None,
+    }
+
+
+def peak_quality(store_path, gt_paths, thresholds=None):
+    """The quality dict (see the module doc) of a peaks store against COCO GT files."""
+    from .train_classifier import average_precision
+
+    gt = read_gt(gt_paths)
+    rows = []  # per image: values, class, correct, argmax correct, per-instance peak info
+    scores, targets = [], []
+    instance_class_all, hits_all, argmax_hits_all = [], [], []
+    values_all, class_all, correct_all, argmax_correct_all = [], [], [], []
+    # per (image instance) the values of the peaks hitting it, for the threshold sweep
+    hitting_values = []
+    missing = 0
+    with StoreReader(store_path, "peaks") as store:
+        class_names = store.class_names
+        attrs = store.attrs
+        for image_id in store.image_ids:
+            if image_id not in gt:
+                missing += 1
+                continue
+            e = store.read(image_id, ["peak_class", "peak_yx", "peak_value", "class_scores",
+                                      "response_argmax_yx"])
+            height, width, anns = gt[image_id]
+            if (e["height"], e["width"]) != (height, width):
+                raise InputError(store_path, f"image {image_id}: size {e['height']}x{e['width']} "
+                                             f"differs from the ground truth {height}x{width}")
+            inst = [(c, counts) for c, counts, crowd in anns if not crowd]
+            masks = mask_rle.decode([cnt for _, cnt in inst], height, width)
+            icls = np.array([c for c, _ in inst], int)
+            pcls = np.asarray(e["peak_class"], int)
+            correct, hits = match_points(e["peak_yx"], pcls, masks, icls)
+            a_correct, a_hits = match_points(e["response_argmax_yx"], pcls, masks, icls)
+            vals = np.asarray(e["peak_value"], np.float32)
+            values_all.append(vals)
+            class_all.append(pcls)
+            correct_all.append(correct)
+            argmax_correct_all.append(a_correct)
+            instance_class_all.append(icls)
+            hits_all.append(hits)
+            argmax_hits_all.append(a_hits)
+            if len(icls) and len(pcls):
+                yx = np.clip(np.round(e["peak_yx"]).astype(int), 0, [height - 1, width - 1])
+                inside = masks[:, yx[:, 0], yx[:, 1]] & (icls[:, None] == pcls[None, :])
+                hitting_values += [vals[row] for row in inside]
+            else:
+                hitting_values += [np.zeros(0, np.float32)] * len(icls)
+            target = np.zeros(len(class_names))
+            target[[c for c, _, _ in anns]] = 1
+            targets.append(target)
+            scores.append(np.asarray(e["class_scores"], np.float32))
+            rows.append(len(pcls))
+    if missing:
+        log.warning("%d images of the peaks store have no ground truth (left out)", missing)
+    if not rows:
+        raise InputError(store_path, "no image of the peaks store has ground truth")
+
+    values = np.concatenate(values_all)
+    pclass = np.concatenate(class_all)
+    correct = np.concatenate(correct_all)
+    a_correct = np.concatenate(argmax_correct_all)
+    icls = np.concatenate(instance_class_all)
+    hits = np.concatenate(hits_all)
+    a_hits = np.concatenate(argmax_hits_all)
+    aps = average_precision(np.stack(scores), np.stack(targets))
+
+    out = {
+        "store": str(store_path),
+        "config_digest": attrs.get("config_digest"),
+        "peak_threshold": float(attrs["peak_threshold"]) if "peak_threshold" in attrs else None,
+        "images": len(rows),
+        "images_without_peaks": int(sum(n == 0 for n in rows)),
+        "peaks": int(len(values)),
+        "peaks_per_image": float(len(values) / len(rows)),
+        "gt_instances": int(len(icls)),
+        "classification_mAP": float(np.nanmean(aps)) if np.any(~np.isnan(aps)) else None,
+        **{f"peak_{k}" if k == "precision" else k: v for k, v in _rates(correct, hits).items()},
+        "argmax": _rates(a_correct, a_hits),
+        "peak_value_quantiles": {
+            name: ([float(q) for q in np.quantile(v, QUANTILES)] if len(v) else [])
+            for name, v in (("correct", values[correct]), ("wrong", values[~correct]))},
+        "quantile_levels": list(QUANTILES),
+        "per_class": {},
+        "threshold_sweep": [],
+    }
+    for c, name in enumerate(class_names):
+        mine, inst = pclass == c, icls == c
+        out["per_class"][name] = {
+            "AP": None if np.isnan(aps[c]) else float(aps[c]),
+            "peaks": int(mine.sum()), "instances": int(inst.sum()),
+            **_rates(correct[mine], hits[inst])}
+    if thresholds is None:
+        thresholds = sorted(set(np.round(np.quantile(values, QUANTILES), 3).tolist())) \
+            if len(values) else []
+    for t in thresholds:
+        kept = values >= t
+        inst_hits = np.array([int((v >= t).sum()) for v in hitting_values], int)
+        out["threshold_sweep"].append({"threshold": float(t), "peaks": int(kept.sum()),
+                                       **_rates(correct[kept], inst_hits)})
+    return out
+
+
+def add_command(sub):
+    p = sub.add_parser("evaluate-peaks", help="peak quality against ground truth (evaluation)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peaks", required=True, type=Path, help="the gathered peaks store")
+    p.add_argument("--gt", required=True, nargs="+", type=Path,
+                   help="COCO ground-truth file(s) of the splits in the store")
+    p.add_argument("--out", required=True, type=Path, help="the quality JSON")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    quality = peak_quality(args.peaks, args.gt)
+    write_json(args.out, quality)
+    log.info("%d images, %d peaks: precision %s, instance recall %s, duplicates %s, "
+             "classification mAP %s", quality["images"], quality["peaks"],
+             *(_fmt(quality[k]) for k in ("peak_precision", "instance_recall", "duplicate_rate",
+                                          "classification_mAP")))
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:.3f}"
