@@ -16,6 +16,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/dataset.smk"
+include: "rules/peaks.smk"
 include: "rules/proposals.smk"
 include: "rules/retrieval.smk"
 include: "rules/evaluate.smk"
@@ -26,3 +27,4 @@ rule all:
     input:
         f"{DATA}/manifest.json",
         PROPOSALS_TARGET,
+        PEAKS_TARGET,

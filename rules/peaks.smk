@@ -1,0 +1,92 @@
+# Stage 1b: class peaks and peak response maps of the classifier (PRM), per shard of the
+# images of `peaks.splits` (train by default), then gathered into the peaks store.
+# Quality against ground truth (precision, instance recall, duplicates) only with GT.
+
+PEAKS = config["peaks"]
+_PEAKS_CODE = code_digest("peaks", "peaks_cli", "prm", "peak_stimulation", "classifier",
+                          "backbones", "panels", "store", "images", "manifest", "shards")
+
+
+rule extract_peaks:
+    input:
+        manifest=f"{DATA}/manifest.json",
+        checkpoint=f"{RUN}/classifier/classifier.pt",
+    output:
+        store=f"{RUN}/peaks/shards/{{shard}}.h5",
+        panels=directory(f"{RUN}/peaks/panels/{{shard}}"),
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        cli=TAG2MASK,
+        options=options("peaks"),
+        num_shards=len(SHARDS),
+        code=_PEAKS_CODE,
+    threads: 2
+    log:
+        f"{RUN}/logs/extract_peaks/{{shard}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/extract_peaks/{{shard}}.tsv"
+    conda:
+        "../envs/tag2mask.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=int(PEAKS["device"] == "cuda"),
+    shell:
+        "{params.cli} extract-peaks --manifest {input.manifest:q} "
+        "--checkpoint {input.checkpoint:q} --config {params.options:q} "
+        "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output.store:q} "
+        "--panels {output.panels:q} --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+rule gather_peaks:
+    input:
+        expand(f"{RUN}/peaks/shards/{{shard}}.h5", shard=SHARDS),
+    output:
+        f"{RUN}/peaks/peaks.h5",
+    params:
+        cli=TAG2MASK,
+        code=code_digest("gather_cli", "store"),
+    log:
+        f"{RUN}/logs/gather_peaks.log",
+    conda:
+        "../envs/tag2mask.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "{params.cli} gather --kind peaks --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+# GT of the splits that have peaks (evaluation only)
+PEAKS_GT_SPLITS = [s for s in PEAKS["splits"] if s in GT_SPLITS]
+
+if HAS_GT and PEAKS_GT_SPLITS:
+
+    rule evaluate_peaks:
+        input:
+            peaks=f"{RUN}/peaks/peaks.h5",
+            gt=expand(f"{DATA}/gt/{{split}}.json", split=PEAKS_GT_SPLITS),
+        output:
+            f"{RUN}/peaks/quality.json",
+        params:
+            cli=TAG2MASK,
+            code=code_digest("peaks_quality", "train_classifier", "store", "masks"),
+        log:
+            f"{RUN}/logs/evaluate_peaks.log",
+        benchmark:
+            f"{RUN}/benchmarks/evaluate_peaks.tsv"
+        conda:
+            "../envs/tag2mask.yaml"
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "{params.cli} evaluate-peaks --peaks {input.peaks:q} --gt {input.gt:q} "
+            "--out {output:q} > {log:q} 2>&1"
+
+
+# what `rule all` asks of this stage
+PEAKS_TARGET = (
+    f"{RUN}/peaks/quality.json" if HAS_GT and PEAKS_GT_SPLITS else f"{RUN}/peaks/peaks.h5"
+)
