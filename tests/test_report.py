@@ -153,6 +153,16 @@ def test_report_from_nothing_but_a_manifest_says_what_is_missing(run_dir, tmp_pa
     assert page.count("<img") == 2 * 1 + 2 * 1  # the plain images still shown
 
 
+def test_upper_bound_row_and_gap(run_dir):
+    inputs = full_inputs(run_dir)
+    (run_dir / "ub.json").write_text(json.dumps(evaluation(0.9, 0.7978, 0.5, 0.45, 0.8)))
+    inputs.upper_bound_eval = Part(run_dir / "ub.json")
+    page = build_report(inputs, OPTIONS)
+    row = next(r for r in table_rows(page) if "Upper bound" in r)
+    assert "79.8" in row and "90.0" in row
+    assert "mAP@0.5 39.9 vs 79.8, i.e. 50% of the fully supervised figure" in page
+
+
 def test_verdict_no_and_val_fallback():
     low, high = evaluation(0.5, 0.3, 0.1, 0.1, 0.4), evaluation(0.6, 0.4, 0.2, 0.2, 0.5)
     cls, text = verdict(high, low, None)

@@ -186,6 +186,17 @@ def verdict(pseudo, train, val):
                   "WISE's finding is not reproduced here.")
 
 
+def upper_bound_sentence(weak, upper):
+    """How close the weakly supervised model comes to the GT-trained one ('' if unknown)."""
+    if weak is None or upper is None or not upper.get("mAP@0.5") or weak.get("mAP@0.5") is None:
+        return ""
+    ratio = weak["mAP@0.5"] / upper["mAP@0.5"]
+    return (f"<p id='upper-bound-gap'>Against the upper bound (the same Mask R-CNN trained on "
+            f"the ground-truth masks of the same images): mAP@0.5 {pct(weak['mAP@0.5'])} vs "
+            f"{pct(upper['mAP@0.5'])}, i.e. {100 * ratio:.0f}% of the fully supervised "
+            f"figure.</p>")
+
+
 # --------------------------------------------------------------------------------- SVG charts
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -641,6 +652,8 @@ def build_report(inputs, options):
         f"({esc(', '.join(manifest.classes))}); images per split: "
         f"{esc(', '.join(f'{k} {v}' for k, v in sorted(splits.items())))}. Generated {now}.</p>",
         f"<p class='verdict {cls}' id='verdict'>{esc(sentence)}</p>",
+        upper_bound_sentence(evs[("Mask R-CNN on pseudo masks", inputs.eval_split)],
+                             evs[("Upper bound: Mask R-CNN on GT masks", inputs.eval_split)]),
         "<h2>Results of this run</h2>",
         "<p>Instance-mask AP against the ground truth, in %, with tag2mask's evaluator "
         "(pycocotools COCOeval, 101-point AP, mean over classes with GT; ABO class-agnostic). "
