@@ -1,0 +1,152 @@
+"""Peak response maps: the positive-weight rule and the batched backward (tag2mask.prm)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tag2mask.prm import PeakBackprop, normalise, positive_backprop
+
+# torch notes that an even 'same' kernel pads a copy of the input: expected here
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
+
+
+class Block(nn.Module):
+    """Residual block with a dilated depthwise conv."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.dw = nn.Conv2d(c, c, 3, padding=2, dilation=2, groups=c)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return F.relu(x + self.bn2(self.dw(F.relu(self.bn1(self.conv(x))))))
+
+
+class SmallNet(nn.Module):
+    """conv/BN/ReLU, max pooling, residual, strided, dilated depthwise, grouped and
+    'same'-padded (even kernel) convolutions, 1x1 head with bias."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 5, stride=2, padding=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.block = Block(8)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+        self.same = nn.Conv2d(16, 16, 4, padding="same")
+        self.head = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn(self.stem(x))))
+        x = F.relu(self.down(self.block(x)))
+        return self.head(F.relu(self.same(x)))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    model = SmallNet()
+    for m in model.modules():  # non-trivial running statistics: BN is not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def random_peaks(maps, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = maps.shape[1:]
+    return torch.stack([torch.randint(0, c, (n,), generator=g),
+                        torch.randint(0, h, (n,), generator=g),
+                        torch.randint(0, w, (n,), generator=g)], 1)
+
+
+def test_batched_equals_per_peak_loop(net):
+    image = torch.rand(1, 3, 45, 58)
+    batched = PeakBackprop(net, image, upsample=4)
+    loop = PeakBackprop(net, image, upsample=4, batched=False)
+    assert torch.equal(batched.upsampled_maps, loop.upsampled_maps)
+    peaks = random_peaks(batched.upsampled_maps, 9)
+    a = batched.response_maps(peaks, chunk=4)  # several chunks
+    b = loop.response_maps(peaks)
+    assert a.shape == (9, 45, 58)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    # (b, c, y, x) rows work like (c, y, x)
+    c = batched.response_maps(torch.cat([torch.zeros(9, 1, dtype=torch.long), peaks], 1))
+    torch.testing.assert_close(a, c)
+
+
+def test_positive_rule_maps_are_distributions_and_differ_from_gradient(net):
+    image = torch.rand(1, 3, 40, 40)
+    pb = PeakBackprop(net, image, upsample=2)
+    peaks = random_peaks(pb.upsampled_maps, 5, seed=1)
+    maps = pb.response_maps(peaks)
+    assert (maps >= 0).all()
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(5))
+    x = image.clone().requires_grad_(True)
+    up = F.interpolate(net(x), scale_factor=2, mode="bilinear", align_corners=False)
+    c, y, xx = peaks[0].tolist()
+    (g,) = torch.autograd.grad(up[0, c, y, xx], x)
+    plain = normalise(g)[0]
+    assert (maps[0] - plain).abs().max() > 1e-3 * maps[0].max()
+
+
+def test_single_conv_known_answer():
+    """One conv: grad_in = (X - min X) * W+ (at the peak's window) / conv(X - min X, W+)."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(3, 2, 3, padding=1, bias=True)
+    image = torch.rand(1, 3, 6, 7)
+    pb = PeakBackprop(conv, image)
+    c, y, x = 1, 2, 3
+    got = pb.response_maps(torch.tensor([[c, y, x]]))[0]
+    xs = image[0] - image.min()
+    w_pos = conv.weight[c].detach().clamp(min=0)  # [3, 3, 3]
+    window = xs[:, y - 1:y + 2, x - 1:x + 2]
+    z = (window * w_pos).sum()
+    grad = torch.zeros_like(xs)
+    grad[:, y - 1:y + 2, x - 1:x + 2] = window * w_pos / z
+    expected = grad.sum(0).clamp(min=0)
+    torch.testing.assert_close(got, expected / expected.sum())
+    torch.testing.assert_close(pb.class_maps, conv(image).detach())
+
+
+def test_context_keeps_forward_and_restores_modules(net):
+    image = torch.rand(2, 3, 33, 31)
+    with torch.no_grad():
+        before = net(image)
+        with positive_backprop(net):
+            inside = net(image)
+    torch.testing.assert_close(before, inside)
+    assert all("forward" not in m.__dict__ for m in net.modules())
+
+
+def test_no_peaks_and_unsupported_conv(net):
+    pb = PeakBackprop(net, torch.rand(1, 3, 20, 24))
+    assert pb.response_maps(torch.zeros((0, 3), dtype=torch.long)).shape == (0, 20, 24)
+
+    class Odd(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    with pytest.raises(TypeError, match="unsupported conv"):
+        with positive_backprop(nn.Sequential(Odd(3, 3, 1))):
+            pass
+
+
+def test_timm_same_padding_conv():
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(2)
+    model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    image = torch.rand(1, 3, 17, 14)
+    with torch.no_grad():
+        expected = model(image)
+    pb = PeakBackprop(model, image)
+    torch.testing.assert_close(pb.class_maps, expected)
+    loop = PeakBackprop(model, image, batched=False)
+    peaks = random_peaks(pb.class_maps, 4, seed=3)
+    torch.testing.assert_close(pb.response_maps(peaks), loop.response_maps(peaks))
