@@ -22,7 +22,7 @@ area-downsampled and thresholded at 0.5 into a bool stack [M, h, w]; response an
 bilinearly resized to [P, h, w]. Scores for all peaks and proposals are then two matrix
 products ([P, h*w] @ [h*w, M]: the inside terms a*R - b*Q against the masks, R against the
 contours); contours come from a separable bool dilation/erosion of the stack (both done per
-chunk of 64 proposals, so the float copies stay in cache); the NMS IoU matrix is one product
+chunk of 32 proposals, so the float copies stay in cache); the NMS IoU matrix is one product
 of the chosen masks. Only the greedy NMS loops, over kept instances. Resolution-independence of the score: R is
 renormalised to sum 1 at the working resolution (as at map resolution), the contour footprint
 ``contour_width`` is given in image pixels and scaled (odd, at least 3), and sum(Q over S) is
@@ -56,8 +56,6 @@ from . import masks as mask_rle
 from .errors import InputError
 
 log = logging.getLogger(__name__)
-
-METHODS = ("prm", "wise")
 
 
 def working_shape(height, width, working_size):
@@ -239,7 +237,7 @@ def _as_float(mask):
     return mask.view(torch.uint8).to(torch.float32)
 
 
-def prm_scores(inp, a, b, chunk=64):
+def prm_scores(inp, a, b, chunk=32):
     """PRM scores [P, M] of every proposal for every peak: per chunk of proposals, the contours
     (one separable bool filter) and two matrix products; chunks keep the float copies in cache."""
     r = inp.response.flatten(1)
