@@ -258,6 +258,11 @@ def test_retrieve_command_writes_shards_that_gather(tmp_path):
     gather(shards, tmp_path / "pseudo.h5")
     with StoreReader(tmp_path / "pseudo.h5", "pseudo_masks") as r:
         assert r.attrs["method"] == "prm"
+        assert r.attrs["count_images_with_masks"] == 2  # summed over the two shards
+        assert r.attrs["count_images_without_peaks"] == 1
+        assert r.attrs["count_images_not_in_peaks"] == 1
+        assert r.attrs["count_images_not_in_proposals"] == 1
+        assert r.attrs["count_instances"] == 2 and r.attrs["count_peaks_merged"] == 2
         # img3 has no proposals, img4 no peaks entry: both left out (and logged)
         assert sorted(r.image_ids) == ["img0", "img1", "img2"]
         e = r.read("img0")

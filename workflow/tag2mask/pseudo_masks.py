@@ -4,7 +4,8 @@ Reads the peaks store and the proposals store (never ground truth) and writes, p
 chosen proposals' full-resolution RLE masks with their class, confidence, box and the peak that
 produced them (layout: docs/formats.md, kind "pseudo_masks"). Images with no peaks, or whose
 peaks found no valid proposal, are written with N = 0; each image's attr `retrieval_status`
-says which ("ok", "no_peaks", "no_proposal"), so the counts survive gathering the shards.
+says which ("ok", "no_peaks", "no_proposal"), and root attrs count_* count them (summed by
+gather).
 """
 
 import logging
@@ -26,8 +27,11 @@ from .store import StoreReader, StoreWriter, image_key
 log = logging.getLogger(__name__)
 
 KIND = "pseudo_masks"
-PEAK_ARRAYS = ("peak_class", "peak_yx", "peak_value", "response_maps", "map_classes",
-               "class_maps")
+# status key -> root attr count_<name>
+COUNTS = {"ok": "images_with_masks", "no_peaks": "images_without_peaks",
+          "no_proposal": "images_without_proposal", "not_in_peaks_store": "images_not_in_peaks",
+          "not_in_proposals_store": "images_not_in_proposals", "instances": "instances",
+          "peaks": "peaks", "peaks_merged": "peaks_merged"}
 
 
 def instance_arrays(selection, proposal_counts, peak_yx, peak_class, height, width):
@@ -116,10 +120,16 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
                     peaks, props, rec.height, rec.width, options, where=f"{peaks_path}:{rec.id}")
                 out.add(rec.id, rec.height, rec.width, arrays, attrs)
                 status[attrs["retrieval_status"]] += 1
+                status["instances"] += len(arrays["masks"])
+                status["peaks"] += attrs["num_peaks"]
+                status["peaks_merged"] += attrs.get("peaks_merged", 0)
                 if panels_dir is not None and drawn < panels_max and detail is not None:
                     retrieval_panel(load_rgb(rec.path), peaks, arrays, *detail,
                                     manifest.classes, panels_dir / f"{image_key(rec.id)}.png")
                     drawn += 1
+            # per-shard counts as root attrs count_*: store.gather sums them over the shards
+            for key, name in COUNTS.items():
+                out.file.attrs[f"count_{name}"] = int(status[key])
     log.info("shard %d/%d: %d images, %s", shard, num_shards, len(records), dict(status))
     for key, path in (("not_in_peaks_store", peaks_path),
                       ("not_in_proposals_store", proposals_path)):
