@@ -28,3 +28,4 @@ rule all:
         f"{DATA}/manifest.json",
         PROPOSALS_TARGET,
         PEAKS_TARGET,
+        f"{RUN}/pseudo_masks/pseudo_masks.h5",
