@@ -59,7 +59,8 @@ def empty_arrays():
 
 
 def retrieve_image(peaks, proposals, height, width, options, where="image"):
-    """Retrieval for one image: (store arrays, per-image attrs, Selection or None)."""
+    """Retrieval for one image: (store arrays, per-image attrs, (WorkingInputs, Selection) or
+    None when the image has no peaks)."""
     n_peaks = len(peaks["peak_class"])
     if n_peaks == 0:
         return empty_arrays(), {"num_peaks": 0, "retrieval_status": "no_peaks"}, None
