@@ -19,7 +19,11 @@ include: "rules/dataset.smk"
 include: "rules/peaks.smk"
 include: "rules/proposals.smk"
 include: "rules/retrieval.smk"
+include: "rules/maskrcnn.smk"
 include: "rules/evaluate.smk"
+include: "rules/upper_bound.smk"
+include: "rules/self_training.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -202,10 +202,11 @@ def test_resume_runs_only_the_missing_epoch(trained):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, easy, trained):
-    """1 epoch + resume gives the same weights as 2 epochs in one go (RNG + order restored)."""
+    """1 epoch + resume gives the same weights as 2 epochs in one go (RNG, order and flips
+    restored), here also with a DataLoader worker instead of none."""
     manifest_path, store, _ = easy
     out, _, _ = trained
-    train(tiny_options(epochs=2), store, manifest_path, tmp_path, progress=False)
+    train(tiny_options(epochs=2, num_workers=1), store, manifest_path, tmp_path, progress=False)
     a = torch.load(out / "model.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
     for k in a:

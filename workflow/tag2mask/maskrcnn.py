@@ -301,7 +301,9 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         state["_reader"] = None
         return state
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        # key: an index, or (index, flip) from EpochSampler, which decides flips reproducibly
+        index, flip = key if isinstance(key, tuple) else (key, self.flip and torch.rand(()) < 0.5)
         rec = self.records[index]
         entry = self._store().read(rec.id, ["masks", "labels"])
         image = load_rgb(rec.path)
@@ -321,7 +323,7 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         self.dropped += int((~keep).sum())
         m, boxes, labels = m[keep], boxes[keep], labels[keep]
-        if self.flip and torch.rand(()) < 0.5:
+        if flip:
             image = image[:, ::-1]
             m = m[:, :, ::-1]
             boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
@@ -332,6 +334,27 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
             "image_id": index,
         }
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order with a flip decision per image, (index, flip) pairs drawn from (seed,
+    epoch) alone: a resumed run sees the same data as an uninterrupted one, whatever the number
+    of DataLoader workers (which can then persist across epochs)."""
+
+    def __init__(self, size, seed, flip):
+        self.size, self.seed, self.flip, self.epoch = size, seed, flip, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        flips = (torch.rand(self.size, generator=g) < 0.5).tolist()
+        return iter([(i, self.flip and f) for i, f in zip(order, flips)])
 
 
 def collate(batch):

@@ -29,8 +29,8 @@ from .atomic import atomic_path, write_text
 from .config import digest, section_options
 from .errors import InputError
 from .manifest import read_manifest
-from .maskrcnn import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, PseudoMaskDataset, build_model,
-                       collate, resolve_device)
+from .maskrcnn import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, EpochSampler, PseudoMaskDataset,
+                       build_model, collate, resolve_device)
 
 log = logging.getLogger(__name__)
 
@@ -203,15 +203,18 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp, de
     return record
 
 
-def make_loader(dataset, options, epoch, device):
-    """Shuffled batches; the order (and the workers' flip draws) depend on seed and epoch only,
-    so a resumed run sees the same data as an uninterrupted one."""
-    g = torch.Generator().manual_seed(options["seed"] * 100003 + epoch)
+def make_loader(dataset, options, device):
+    """Batches in EpochSampler order (call loader.sampler.set_epoch before each epoch); the
+    workers persist across epochs."""
     workers = options["num_workers"]
     return torch.utils.data.DataLoader(
-        dataset, batch_size=options["batch_size"], shuffle=True, generator=g,
+        dataset, batch_size=options["batch_size"],
+        sampler=EpochSampler(len(dataset), options["seed"], options["flip"]),
+        # its own generator: the loader's seed draws must not shift the global RNG that
+        # Mask R-CNN's sampling uses, or runs with and without workers would differ
+        generator=torch.Generator().manual_seed(options["seed"]),
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if workers else None)
+        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
 def train(options, store_path, manifest_path, out_dir, progress=True):
@@ -251,8 +254,9 @@ def train(options, store_path, manifest_path, out_dir, progress=True):
     log.info("training %s Mask R-CNN on %s: %d images, %d classes, epochs %d..%d, batch %d",
              options["backbone"], device, len(dataset), len(class_names), start_epoch + 1,
              options["epochs"], options["batch_size"])
+    loader = make_loader(dataset, options, device)
     for epoch in range(start_epoch + 1, options["epochs"] + 1):
-        loader = make_loader(dataset, options, epoch, device)
+        loader.sampler.set_epoch(epoch)
         record = {"epoch": epoch, **train_one_epoch(
             model, loader, optimizer, scheduler, scaler, device, amp,
             desc=f"epoch {epoch}/{options['epochs']}", progress=progress,
