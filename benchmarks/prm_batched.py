@@ -1,0 +1,118 @@
+"""Benchmark: peak response maps of all peaks in one batched backward vs one backward per peak.
+
+    PYTHONPATH=workflow python benchmarks/prm_batched.py [--repeats 3] [--threads 2]
+
+For each model (the demo's tiny classifier; ResNet-50 at 448 px, random weights, stride 32 as
+in PRM's reference) and 1, 5 and 20 peaks per image, on the same image and the same peaks:
+  batched  PeakBackprop(batched=True): one forward, then torch.func.vmap over the vjp (all
+           peaks in one backward pass)
+  loop     PeakBackprop(batched=False): one forward, then one autograd backward per peak
+           (retain_graph), input gradients only, the strong form of PRM's reference loop
+  fwd_bwd  one ordinary forward + backward to the input (the unit of cost)
+Each time includes the forward pass. Prints JSON: median seconds over the repeats, the
+speed-up loop / batched, both relative to fwd_bwd, and the largest difference between maps.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+
+from tag2mask.classifier import PeakClassifier  # noqa: E402
+from tag2mask.prm import PeakBackprop  # noqa: E402
+
+MODELS = {  # name: (backbone, stride, classes, input size)
+    "tiny_demo": ("tiny", 8, 6, 128),
+    "resnet50_448": ("resnet50", 32, 20, 448),
+}
+
+
+def fwd_bwd(model, image):
+    x = image.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x).sum(), x)
+    return g
+
+
+def peaks_for(maps, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = maps.shape[1:]
+    return torch.stack([torch.randint(0, c, (n,), generator=g),
+                        torch.randint(0, h, (n,), generator=g),
+                        torch.randint(0, w, (n,), generator=g)], 1)
+
+
+def timed(fn):
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t, out
+
+
+def bench_model(name, repeats, peak_counts, upsample, device):
+    backbone, stride, classes, size = MODELS[name]
+    torch.manual_seed(0)
+    model = PeakClassifier(backbone, [f"c{i}" for i in range(classes)], stride=stride).eval()
+    model.to(device).requires_grad_(False)
+    image = torch.rand(1, 3, size, size, device=device)
+    maps = PeakBackprop(model, image, upsample=upsample).upsampled_maps
+    fwd_bwd(model, image)  # warm-up (allocator, kernels)
+    unit = statistics.median(timed(lambda: fwd_bwd(model, image))[0] for _ in range(repeats))
+    result = {"input": [size, size], "stride": stride, "classes": classes,
+              "upsample": upsample, "fwd_bwd_s": unit, "peaks": {}}
+    for n in peak_counts:
+        peaks = peaks_for(maps, n, seed=n)
+
+        def batched():
+            return PeakBackprop(model, image, upsample=upsample).response_maps(peaks, chunk=n)
+
+        def loop():
+            return PeakBackprop(model, image, upsample=upsample,
+                                batched=False).response_maps(peaks)
+
+        batched()  # warm-up: vmap traces the batching rules on the first call
+        tb, tl, diff = [], [], 0.0
+        for _ in range(repeats):
+            t, a = timed(batched)
+            tb.append(t)
+            t, b = timed(loop)
+            tl.append(t)
+            diff = max(diff, float((a - b).abs().max() / b.abs().max()))
+        b_s, l_s = statistics.median(tb), statistics.median(tl)
+        result["peaks"][n] = {"batched_s": b_s, "loop_s": l_s, "speedup": l_s / b_s,
+                              "batched_in_fwd_bwd": b_s / unit, "loop_in_fwd_bwd": l_s / unit,
+                              "max_rel_diff": diff, "batched_runs": tb, "loop_runs": tl}
+        print(f"{name} {n} peaks: batched {b_s:.3f}s loop {l_s:.3f}s "
+              f"x{l_s / b_s:.2f}", file=sys.stderr, flush=True)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--peaks", nargs="+", type=int, default=[1, 5, 20])
+    ap.add_argument("--upsample", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "device": args.device, "repeats": args.repeats, "models": {}}
+    for name in args.models:
+        out["models"][name] = bench_model(name, args.repeats, args.peaks, args.upsample,
+                                           torch.device(args.device))
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
