@@ -33,3 +33,4 @@ rule all:
         PROPOSALS_TARGET,
         PEAKS_TARGET,
         f"{RUN}/pseudo_masks/pseudo_masks.h5",
+        MASKRCNN_TARGET,
