@@ -216,10 +216,15 @@ def test_resume_equals_uninterrupted_run(tmp_path, easy, trained):
 def test_changed_config_starts_over(tmp_path, easy):
     manifest_path, store, _ = easy
     train(tiny_options(epochs=1), store, manifest_path, tmp_path, progress=False)
-    train(tiny_options(epochs=1, lr=0.01), store, manifest_path, tmp_path, progress=False)
+    # another config (here: the image without pseudo masks kept as a background-only image)
+    train(tiny_options(epochs=1, empty_images="negative"), store, manifest_path, tmp_path,
+          progress=False)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1]
-    assert json.loads(torch.load(tmp_path / "model.pt", weights_only=True)["config"])["lr"] == 0.01
+    assert [r["epoch"] for r in log] == [1] and log[0]["images"] == 12
+    assert np.isfinite(log[0]["loss"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt")) == ["epoch-0001.pt"]
+    config = json.loads(torch.load(tmp_path / "model.pt", weights_only=True)["config"])
+    assert config["empty_images"] == "negative"
 
 
 def test_checkpoint_with_other_classes_is_refused(trained):
@@ -257,6 +262,35 @@ def test_training_never_opens_ground_truth(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "model.pt").exists()
 
 
+def test_resnet_imagenet_weights_from_file_train_and_reload(tmp_path):
+    """resnet18_fpn with pretrained_path: the file's weights, frozen BatchNorm and early layers;
+    a trained checkpoint reloads into the same architecture; a wrong file is an InputError."""
+    import torchvision
+    from torchvision.ops import FrozenBatchNorm2d
+
+    torch.manual_seed(5)
+    ref = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(ref, tmp_path / "r18.pth")
+    manifest, store, _ = make_dataset(tmp_path / "d", n_images=4)
+    opts = tiny_options(backbone="resnet18_fpn", pretrained=True, trainable_layers=2,
+                        pretrained_path=str(tmp_path / "r18.pth"))
+    body = build_model(opts, 2).backbone.body
+    assert torch.equal(body.conv1.weight, ref["conv1.weight"])
+    assert torch.equal(body.layer1[0].bn1.running_mean, ref["layer1.0.bn1.running_mean"])
+    assert isinstance(body.bn1, FrozenBatchNorm2d)
+    assert not body.layer2[0].conv1.weight.requires_grad  # trainable_layers=2: layer3, layer4
+    assert body.layer3[0].conv1.weight.requires_grad
+    train(opts, store, manifest, tmp_path / "out", progress=False)
+    model, _ = load_checkpoint(tmp_path / "out" / "model.pt", CLASSES)
+    saved = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["model"]
+    assert torch.equal(model.backbone.body.conv1.weight, ref["conv1.weight"])  # frozen
+    assert not torch.equal(saved["backbone.body.layer4.0.conv1.weight"], ref["layer4.0.conv1.weight"])
+
+    torch.save({"conv1.weight": ref["conv1.weight"]}, tmp_path / "bad.pth")
+    with pytest.raises(InputError, match="not resnet18 ImageNet weights"):
+        build_model({**opts, "pretrained_path": str(tmp_path / "bad.pth")}, 2)
+
+
 def test_build_model_backbones_offline():
     """Every backbone builds without a download (from scratch, or the offline lite0 file)
     and runs a forward pass in eval mode."""
@@ -269,3 +303,9 @@ def test_build_model_backbones_offline():
             out = model(x)[0]
         assert set(out) == {"boxes", "labels", "scores", "masks"}
         assert out["masks"].shape[1:] == (1, 64, 64)
+        if name == "efficientnet_lite0":  # the package's ImageNet weights, stem first
+            from tag2mask.backbones import efficientnet_lite0_package_file
+
+            stem = next(iter(torch.load(efficientnet_lite0_package_file(),
+                                        weights_only=True).values()))
+            assert torch.equal(model.backbone.body.model.conv_stem.weight, stem)

@@ -119,12 +119,13 @@ def _imagenet_state_dict(name, options):
     return weights.get_state_dict(progress=False)
 
 
-def _resnet_fpn(name, options, pretrained):
+def _resnet_fpn(name, options, load_weights):
     # Pretrained: BatchNorm frozen (batches of 1-2 images cannot estimate its statistics), as
     # torchvision and WISE do; from scratch: ordinary BatchNorm, every layer trainable.
+    pretrained = options["pretrained"]
     norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     net = getattr(torchvision.models, name)(weights=None, norm_layer=norm)
-    if pretrained:
+    if pretrained and load_weights:
         state = {k: v for k, v in _imagenet_state_dict(name, options).items()
                  if not k.startswith("fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
@@ -133,9 +134,7 @@ def _resnet_fpn(name, options, pretrained):
             raise InputError(options.get("pretrained_path") or name,
                              f"not {name} ImageNet weights (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]})")
-        trainable = options["trainable_layers"]
-    else:
-        trainable = 5
+    trainable = options["trainable_layers"] if pretrained else 5
     layers = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
     if trainable == 5:
         layers.append("bn1")
@@ -147,12 +146,12 @@ def _resnet_fpn(name, options, pretrained):
                            options["fpn_channels"], extra_blocks=LastLevelMaxPool())
 
 
-def _efficientnet_lite0_fpn(options, pretrained):
+def _efficientnet_lite0_fpn(options, load_weights):
     import timm
 
     model = timm.create_model("efficientnet_lite0", features_only=True, out_indices=(1, 2, 3, 4),
                               pretrained=False)
-    if pretrained:
+    if options["pretrained"] and load_weights:
         # the classifier stage's loader fills a whole timm efficientnet_lite0; the features
         # model holds the same entries minus the head
         from .backbones import efficientnet_lite0_package_file, load_efficientnet_lite0_package
@@ -162,30 +161,31 @@ def _efficientnet_lite0_fpn(options, pretrained):
         weights = load_efficientnet_lite0_package(full, path)
         model.load_state_dict({k: v for k, v in weights.items() if k in model.state_dict()},
                               strict=True)
+    if options["pretrained"]:
         model = timm.layers.freeze_batch_norm_2d(model)
     return FeaturesWithFPN(TimmBody(model), model.feature_info.channels(),
                            options["fpn_channels"])
 
 
-def build_backbone(options, pretrained=None):
-    """The backbone + FPN named by options['backbone']. `pretrained` overrides the option
-    (False when the weights come from a checkpoint anyway)."""
+def build_backbone(options, load_weights=True):
+    """The backbone + FPN named by options['backbone']. With options['pretrained'] the
+    architecture is the pretrained one (frozen BatchNorm, frozen early layers); its ImageNet
+    weights are loaded unless `load_weights` is False (a checkpoint supplies them)."""
     name = options["backbone"]
-    pretrained = options["pretrained"] if pretrained is None else pretrained
     if name == "resnet50_fpn":
-        return _resnet_fpn("resnet50", options, pretrained)
+        return _resnet_fpn("resnet50", options, load_weights)
     if name == "resnet18_fpn":
-        return _resnet_fpn("resnet18", options, pretrained)
+        return _resnet_fpn("resnet18", options, load_weights)
     if name == "efficientnet_lite0":
-        return _efficientnet_lite0_fpn(options, pretrained)
+        return _efficientnet_lite0_fpn(options, load_weights)
     if name == "tiny":  # always from scratch: there are no weights for it
         return FeaturesWithFPN(TinyBody(), list(TinyBody.channels), options["fpn_channels"])
     raise InputError("maskrcnn.backbone", f"unknown backbone {name!r}; known: {BACKBONES}")
 
 
-def build_model(options, num_classes, pretrained=None):
+def build_model(options, num_classes, load_weights=True):
     """torchvision Mask R-CNN for `num_classes` object classes (+1 background)."""
-    backbone = build_backbone(options, pretrained)
+    backbone = build_backbone(options, load_weights)
     ch = backbone.out_channels
     sizes = tuple((int(s),) for s in options["anchor_sizes"])
     if len(sizes) != 5:
@@ -382,6 +382,6 @@ def load_checkpoint(path, class_names=None, device="cpu"):
     if class_names is not None and list(class_names) != names:
         raise InputError(path, f"checkpoint was trained on classes {names}, not {list(class_names)}")
     options = json.loads(payload["config"])
-    model = build_model(options, len(names), pretrained=False)
+    model = build_model(options, len(names), load_weights=False)
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), payload
