@@ -34,3 +34,4 @@ rule all:
         PEAKS_TARGET,
         f"{RUN}/pseudo_masks/pseudo_masks.h5",
         MASKRCNN_TARGET,
+        REPORT_TARGET,
