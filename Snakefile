@@ -33,5 +33,6 @@ rule all:
         PROPOSALS_TARGET,
         PEAKS_TARGET,
         f"{RUN}/pseudo_masks/pseudo_masks.h5",
+        [f"{RUN}/pseudo_masks/evaluation.json"] if HAS_GT else [],
         MASKRCNN_TARGET,
         REPORT_TARGET,
