@@ -12,8 +12,11 @@ void pixels removed from proposals before the IoU).
 
 It returns, per region, a box and the list of its Felzenszwalb segment labels, plus the
 label map; its masks here are built exactly from those labels (not from filled boxes).
-It runs single-strategy selective search (HSV colour + LBP texture + size + fill) at the
-parameters of its README example (scale=500, sigma=0.9, min_size=10) on the full image.
+It runs single-strategy selective search (HSV colour + LBP texture + size + fill) on the
+full image with sigma=0.9, min_size=10 and scale=500 (its README example) on voc-mini, 100 on
+the 128 px synthetic images. The built-in generator runs twice: with --settings (default:
+the schema defaults, several groupings) and with --fast-settings (one grouping, like the
+package). Times: wall clock and CPU seconds of this process (the machine may be shared).
 `--builtin-only` skips it (e.g. to compare settings of the built-in generator). Prints JSON.
 """
 
@@ -35,6 +38,8 @@ from tag2mask.proposals import ProposalSettings, members_to_rle, propose  # noqa
 from tag2mask.proposals_quality import image_figures, summarise  # noqa: E402
 
 DEFAULT_VOC = REPO.parent / "shared" / "data" / "voc-mini"
+# one grouping (one colour space, one scale, one similarity mix), like the package
+FAST = {"colour_spaces": ["hsv"], "scales": [100], "strategies": ["CTSF"]}
 
 
 def synthetic_images(n, size=128, seed=0):
@@ -117,23 +122,34 @@ def main(argv=None):
     p.add_argument("--synthetic-images", type=int, default=20)
     p.add_argument("--settings", default="{}",
                    help="inline JSON of built-in generator settings (the `proposals` section)")
+    p.add_argument("--fast-settings", default=json.dumps(FAST),
+                   help="a second, single-strategy built-in setting (like the package's)")
+    p.add_argument("--ss-scale", type=float, default=500,
+                   help="selectivesearch Felzenszwalb scale on voc-mini (its README value)")
+    p.add_argument("--ss-scale-synthetic", type=float, default=100,
+                   help="selectivesearch scale on the 128 px synthetic images (500 leaves "
+                        "about 40 regions per image there)")
     p.add_argument("--builtin-only", action="store_true")
     args = p.parse_args(argv)
     settings = ProposalSettings.from_options(json.loads(args.settings))
+    fast = ProposalSettings.from_options(json.loads(args.fast_settings))
     sets = {"synthetic": synthetic_images(args.synthetic_images)}
     if args.voc_images and (args.voc_root / "VOC2012").is_dir():
         sets["voc-mini"] = voc_mini_images(args.voc_root, args.voc_images, args.voc_split)
-    report = {"settings": settings.__dict__, "sets": {}}
+    report = {"settings": settings.__dict__, "fast_settings": fast.__dict__, "sets": {}}
     for name, images in sets.items():
-        entry = {"images": len(images), "builtin": run_builtin(images, settings)}
+        entry = {"images": len(images), "builtin": run_builtin(images, settings),
+                 "builtin_fast": run_builtin(images, fast)}
         if not args.builtin_only:
-            ss = run_selectivesearch(images)
-            entry["selectivesearch"] = ss
-            entry["speedup_wall"] = (ss["seconds_per_image"]
-                                     / entry["builtin"]["seconds_per_image"])
-            entry["speedup_cpu"] = (ss["cpu_seconds_per_image"]
-                                    / entry["builtin"]["cpu_seconds_per_image"])
-            entry["abo_difference"] = entry["builtin"]["abo"] - ss["abo"]
+            scale = args.ss_scale_synthetic if name == "synthetic" else args.ss_scale
+            ss = run_selectivesearch(images, scale=scale)
+            entry["selectivesearch"] = {"scale": scale, **ss}
+            for key in ("builtin", "builtin_fast"):
+                ours = entry[key]
+                entry[f"{key}_vs_selectivesearch"] = {
+                    "speedup_wall": ss["seconds_per_image"] / ours["seconds_per_image"],
+                    "speedup_cpu": ss["cpu_seconds_per_image"] / ours["cpu_seconds_per_image"],
+                    "abo_difference": ours["abo"] - ss["abo"]}
         report["sets"][name] = entry
     print(json.dumps(report, indent=1, default=list))
 

@@ -9,7 +9,8 @@ Figures, over the non-crowd GT instances of one split:
   distance transform, a stand-in for a well-placed peak) and the best-ranked proposal that
   covers it (the highest objectness, what WISE retrieval keeps); mean IoU of that proposal.
   It measures whether the objectness ranking is useful, not just whether a good mask exists.
-- proposals per image and generation seconds per image (from the store's per-image attrs).
+- proposals per image, generation seconds (wall clock) and CPU seconds per image (from the
+  store's per-image attrs; wall clock depends on how busy the machine was).
 
 Void pixels (VOC's 255, the image entry's `void` RLE) are removed from proposals before the
 IoU, as the VOC protocol does for predictions; GT masks contain no void pixels.
@@ -144,7 +145,7 @@ def load_gt(gt_path):
 def evaluate_store(proposals_path, gt_path):
     """Quality figures of a proposals store against a COCO GT file (images in both)."""
     gt = load_gt(gt_path)
-    best, retrieved, n_props, seconds = [], [], [], []
+    best, retrieved, n_props, seconds, cpu = [], [], [], [], []
     with StoreReader(proposals_path, "proposals") as r:
         missing = [name for name in gt if name not in r]
         for name in gt:
@@ -161,10 +162,13 @@ def evaluate_store(proposals_path, gt_path):
             n_props.append(len(entry["masks"]))
             if "seconds" in entry:
                 seconds.append(float(entry["seconds"]))
+            if "cpu_seconds" in entry:
+                cpu.append(float(entry["cpu_seconds"]))
     if missing:
         log.warning("%d GT images have no proposals in %s (left out)", len(missing),
                     proposals_path)
     out = summarise(best, retrieved, n_props, seconds)
+    out["cpu_seconds_per_image"] = float(np.mean(cpu)) if cpu else None
     out["gt_images_without_proposals"] = len(missing)
     return out
 
