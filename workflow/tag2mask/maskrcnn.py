@@ -15,6 +15,7 @@ The Dataset reads images through the manifest and instances from a `pseudo_masks
 ground truth (an upper-bound run) trains the same way.
 """
 
+import functools
 import json
 import logging
 from collections import OrderedDict
@@ -218,7 +219,8 @@ def build_model(options, num_classes, load_weights=True):
         box_detections_per_img=options["box_detections_per_img"],
         box_score_thresh=options["score_threshold"],
         mask_roi_pool=mask_roi_pool,
-        mask_head=MaskRCNNHeads(ch, mask_layers, 1),
+        mask_head=MaskRCNNHeads(ch, mask_layers, 1, norm_layer=(
+            functools.partial(nn.GroupNorm, 8) if options["mask_head_norm"] == "group" else None)),
         mask_predictor=torchvision.models.detection.mask_rcnn.MaskRCNNPredictor(
             mask_layers[-1], options["mask_head_channels"], num_classes + 1),
     )
