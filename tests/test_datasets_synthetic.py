@@ -16,7 +16,8 @@ from tag2mask.manifest import RECORD_KEYS, read_manifest
 from tag2mask.masks import decode
 
 DEFAULTS = {"seed": 0, "train_images": 6, "val_images": 3, "image_size": 64,
-            "min_instances": 1, "max_instances": 6}
+            "min_instances": 1, "max_instances": 6, "min_object_size": 0.1,
+            "max_object_size": 0.45, "max_rotation": 25}
 LIMITS = {"max_image_pixels": 25_000_000, "large_images": "downscale"}
 
 
@@ -200,6 +201,26 @@ def test_shape_areas(name, unit_area):
         assert ((ys + 0.5 - 64) ** 2 + (xs + 0.5 - 64) ** 2).max() <= (r + 1.5) ** 2
 
 
+def test_upright_pose_and_rotation_limit():
+    # angle 0: the triangle points up (one pixel-wide apex on top, the wide base at the bottom)
+    tri = synthetic.shape_mask("triangle", 128, 64, 64, 40, 0.0, 1.0)
+    rows = np.nonzero(tri.any(axis=1))[0]
+    assert tri[rows[0]].sum() < 5 and tri[rows[-1]].sum() > 50
+
+    def square_is_axis_aligned(max_rotation):
+        rng = np.random.default_rng(1)
+        aligned = []
+        for _ in range(60):
+            full, classes = synthetic.place_instances(rng, 96, 1, 0.3, 0.45, max_rotation)
+            if classes[0] == synthetic.CLASSES.index("square"):
+                ys, xs = np.nonzero(full[0])
+                aligned.append(full[0].sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+        return aligned
+
+    assert all(square_is_axis_aligned(0.0))
+    assert not all(square_is_axis_aligned(180.0))
+
+
 def test_star_is_not_convex():
     m = synthetic.shape_mask("star", 128, 64, 64, 40, 0.0, 1.0)
     from skimage.morphology import convex_hull_image
@@ -250,3 +271,16 @@ def test_no_val_split(tmp_path):
 def test_bad_options_are_input_errors(tmp_path, options, key):
     with pytest.raises(InputError, match=key):
         prepare(dataset_cfg(**options), tmp_path)
+
+
+def test_schema_defaults_match_generator_defaults():
+    import inspect
+
+    from tag2mask.config import section_options
+    options = section_options('{"kind": "synthetic"}', "dataset")["synthetic"]
+    assert set(options) == set(DEFAULTS)
+    params = inspect.signature(synthetic.generate_image).parameters
+    for key in ("min_instances", "max_instances", "min_object_size", "max_object_size",
+                "max_rotation"):
+        assert params[key].default == options[key], key
+    assert params["size"].default == options["image_size"]

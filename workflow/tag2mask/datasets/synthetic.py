@@ -3,13 +3,16 @@
 Six classes that differ only by form (circle, square, triangle, star, ring, cross). Colour
 carries no class information: each image draws a small palette of random colours and the
 background, the clutter and every object mix two jittered palette colours through a random
-texture (stripes, checks, smooth noise or a gradient). A classifier must therefore learn shape,
-and foreground cannot be cut from background by a colour threshold.
+texture (stripes, checks, smooth noise or a gradient); background and clutter use the same
+colours with subdued textures. A classifier must therefore learn shape, and foreground cannot be
+cut from background by a colour threshold. Objects are upright up to +-max_rotation degrees
+(config; 180 gives any orientation, which a small CNN learns from tags far more slowly) and
+their size (diameter of the enclosing circle) is uniform in [min, max]_object_size x image side.
 
 Instances are drawn one on top of the other, so later ones occlude earlier ones; about half are
 placed against an instance already there, so objects touch and overlap. A new instance is only
-accepted if every instance below it keeps at least MIN_VISIBLE of its area and MIN_PIXELS
-pixels, so each ground-truth mask (the visible part of its object) is substantial, and the
+accepted if every instance below it keeps at least MIN_VISIBLE of its area and
+MIN_PIXELS_FRACTION of the image visible, so each ground-truth mask (the visible part of its object) is substantial, and the
 image-level labels are exactly the classes of the instances in the ground truth.
 
 Every image is generated from its own random stream seeded by (seed, split, index), so the
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross")
 SPLIT_CODES = {"train": 0, "val": 1}  # part of each image's seed
 
+MAX_ROTATION = 25.0  # degrees either way from each shape's upright pose (config default)
 MIN_VISIBLE = 0.25  # an occluded instance keeps at least this share of its own area visible
 MIN_PIXELS_FRACTION = 0.002  # ... and at least this share of the image (20 px at 100x100)
 NEAR_PLACEMENT = 0.5  # chance that a new instance is placed against an existing one
@@ -69,15 +73,16 @@ def image_rng(seed, split, index):
 
 
 # ---------------------------------------------------------------- shapes
-# Outlines in unit coordinates: every shape fits the unit disc, so `radius` is its half-extent.
+# Outlines in unit coordinates, y pointing down as in the image: every shape fits the unit
+# disc, so `radius` is its half-extent; angle 0 is the upright pose (triangle and star point up).
 
-def _regular(n, radius=1.0, phase=math.pi / 2):
+def _regular(n, radius=1.0, phase=-math.pi / 2):
     a = phase + 2 * math.pi * np.arange(n) / n
     return np.stack([radius * np.cos(a), radius * np.sin(a)], axis=1)
 
 
 def _star(inner=0.42):
-    a = math.pi / 2 + math.pi * np.arange(10) / 5
+    a = -math.pi / 2 + math.pi * np.arange(10) / 5
     r = np.where(np.arange(10) % 2 == 0, 1.0, inner)
     return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
 
@@ -271,12 +276,13 @@ def clutter_mask(rng, size):
 # ---------------------------------------------------------------- one image
 
 def generate_image(seed, split, index, size=128, min_instances=1, max_instances=6,
-                   min_object_size=0.10, max_object_size=0.45):
+                   min_object_size=0.10, max_object_size=0.45, max_rotation=MAX_ROTATION):
     """One image with its instance masks and classes; depends only on the arguments."""
     rng = image_rng(seed, split, index)
     for _ in range(IMAGE_TRIES):
         wanted = int(rng.integers(min_instances, max_instances + 1))
-        full, classes = place_instances(rng, size, wanted, min_object_size, max_object_size)
+        full, classes = place_instances(rng, size, wanted, min_object_size, max_object_size,
+                                        max_rotation)
         if len(full) >= min_instances:
             break
     else:
@@ -303,7 +309,7 @@ def visible_parts(full):
     return out
 
 
-def place_instances(rng, size, wanted, min_object_size, max_object_size):
+def place_instances(rng, size, wanted, min_object_size, max_object_size, max_rotation=180.0):
     """Up to `wanted` instance masks (full, unoccluded; bottom first) and their classes.
 
     A candidate is accepted when every instance already placed keeps enough visible area; the
@@ -326,7 +332,8 @@ def place_instances(rng, size, wanted, min_object_size, max_object_size):
             margin = 0.6 * radius  # most of the object stays inside the image
             cx = min(max(cx, margin), size - margin)
             cy = min(max(cy, margin), size - margin)
-            mask = shape_mask(CLASSES[cls], size, cx, cy, radius, rng.uniform(0, 2 * math.pi),
+            angle = math.radians(rng.uniform(-max_rotation, max_rotation))
+            mask = shape_mask(CLASSES[cls], size, cx, cy, radius, angle,
                               math.exp(rng.uniform(-0.15, 0.15)), rng.uniform(0.45, 0.65))
             area = int(mask.sum())
             if area < min_pixels:
@@ -407,7 +414,7 @@ def read(options, out_dir, limits):
     """Generate the dataset into out_dir/images/<split>/<id>.png; return manifest + GT."""
     seed, size = options["seed"], options["image_size"]
     lo, hi = options["min_instances"], options["max_instances"]
-    smin, smax = options.get("min_object_size", 0.10), options.get("max_object_size", 0.45)
+    smin, smax = options["min_object_size"], options["max_object_size"]
     if lo > hi:
         raise InputError("dataset.synthetic", f"min_instances ({lo}) > max_instances ({hi})")
     if smin > smax:
@@ -427,7 +434,8 @@ def read(options, out_dir, limits):
         folder.mkdir(parents=True, exist_ok=True)
         builder = CocoBuilder(CLASSES, description=f"tag2mask synthetic, seed {seed}, {split}")
         for index in tqdm(range(n), desc=f"synthetic {split}", unit="img", leave=False):
-            sample = generate_image(seed, split, index, size, lo, hi, smin, smax)
+            sample = generate_image(seed, split, index, size, lo, hi, smin, smax,
+                                    options["max_rotation"])
             image_id = f"{split}_{index:05d}"
             path = folder / f"{image_id}.png"
             Image.fromarray(sample.rgb).save(path)
