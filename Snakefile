@@ -16,6 +16,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/dataset.smk"
+include: "rules/classifier.smk"
 include: "rules/peaks.smk"
 include: "rules/proposals.smk"
 include: "rules/retrieval.smk"
@@ -30,6 +31,7 @@ rule all:
     default_target: True
     input:
         f"{DATA}/manifest.json",
+        f"{RUN}/classifier/classifier.pt",
         PROPOSALS_TARGET,
         PEAKS_TARGET,
         f"{RUN}/pseudo_masks/pseudo_masks.h5",

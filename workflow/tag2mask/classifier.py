@@ -69,12 +69,12 @@ def classifier_meta(model, options, epoch):
             "config": dict(options), "epoch": epoch}
 
 
-def save_classifier(path, model, options, epoch):
-    """Write the final checkpoint (weights + meta) atomically."""
+def save_classifier(path, model, options, epoch, extra_meta=None):
+    """Write the final checkpoint (weights + meta, plus `extra_meta` entries) atomically."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = {**classifier_meta(model, options, epoch), **(extra_meta or {})}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, "model": state,
-                    "meta": classifier_meta(model, options, epoch)}, tmp)
+        torch.save({"format": FORMAT, "version": VERSION, "model": state, "meta": meta}, tmp)
 
 
 def read_checkpoint(path):

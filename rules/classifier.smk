@@ -1,0 +1,33 @@
+# Stage 1a: the peak classifier, trained on the train split's image-level tags only.
+# The training checkpoint (classifier/last.pt) is not a rule output, so Snakemake keeps it
+# when a killed job is rerun (--rerun-incomplete) and training resumes after its last epoch.
+
+CLASSIFIER = config["classifier"]
+
+
+rule train_classifier:
+    input:
+        manifest=f"{DATA}/manifest.json",
+    output:
+        checkpoint=f"{RUN}/classifier/classifier.pt",
+        log=f"{RUN}/classifier/log.jsonl",
+    params:
+        cli=TAG2MASK,
+        options=options("classifier"),
+        out_dir=lambda w, output: os.path.dirname(output.checkpoint),
+        code=code_digest("train_classifier", "classifier", "backbones", "peak_stimulation",
+                         "images", "manifest"),
+    log:
+        f"{RUN}/logs/train_classifier.log",
+    benchmark:
+        f"{RUN}/benchmarks/train_classifier.tsv"
+    conda:
+        "../envs/tag2mask.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=12 * 60,
+        gpu=int(CLASSIFIER["device"] == "cuda"),
+    shell:
+        "{params.cli} train-classifier --manifest {input.manifest:q} --config {params.options:q} "
+        "--out-dir {params.out_dir:q} --threads {threads} --no-progress > {log:q} 2>&1"
