@@ -139,6 +139,16 @@ def test_select_peaks_threshold_keep_best_and_cap():
     assert len(select_peaks(maps, [], opts, 3, "median")[0]) == 0
 
 
+def test_one_peak_per_plateau():
+    maps = torch.zeros((1, 2, 8, 8))
+    maps[0, 0, 2:5, 3:6] = 2.0   # a flat 3x3 top: one peak, its top-left pixel
+    maps[0, 0, 7, 0] = 1.0       # a separate peak
+    maps[0, 1] = 1.0             # a constant map: all plateau
+    opts = {"peak_threshold": 0.5, "keep_best_peak": False, "max_peaks": 20}
+    peaks, values = select_peaks(maps, [0, 1], opts, 3, "median")
+    assert sorted(map(tuple, peaks.tolist())) == [(0, 2, 3), (0, 7, 0), (1, 0, 0)]
+
+
 def test_to_image_pixels_maps_pixel_centres():
     # an 8-pixel grid over a 32-pixel image: cell i's centre is at 4 i + 1.5
     got = to_image_pixels([[0, 0], [7, 3]], (8, 4), (32, 8))

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .config import digest
 from .images import load_rgb
 from .errors import InputError
-from .peak_stimulation import find_peaks
+from .peak_stimulation import peak_mask
 from .prm import PeakBackprop
 from .store import StoreWriter, image_key
 
@@ -63,11 +63,31 @@ def input_tensor(rgb, size, device):
     return x.to(device)
 
 
+def first_of_plateaus(maps, mask, window):
+    """Keep one peak per plateau: drop a peak when an equal-valued peak lies earlier in raster
+    order within its window. Bilinear upsampling makes flat blocks at the map borders (and a
+    constant map is all plateau), where every pixel is a window maximum."""
+    r = window // 2
+    padded_mask = F.pad(mask, (r, r, r, r))
+    padded = F.pad(maps, (r, r, r, r))
+    h, w = maps.shape[-2:]
+    duplicate = torch.zeros_like(mask)
+    for dy in range(-r, 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx >= 0:
+                break
+            m = padded_mask[..., r + dy:r + dy + h, r + dx:r + dx + w]
+            v = padded[..., r + dy:r + dy + h, r + dx:r + dx + w]
+            duplicate |= m & (v == maps)
+    return mask & ~duplicate
+
+
 def select_peaks(upsampled, classes, options, window, peak_filter):
     """Peaks (c, y, x) [P, 3] and their values [P] of `classes` on upsampled maps [1, C, H, W]:
     above peak_threshold (plus each class's best with keep_best_peak), strongest first,
     capped at max_peaks."""
-    all_peaks = find_peaks(upsampled, window, peak_filter)[:, 1:]  # (c, y, x)
+    mask = first_of_plateaus(upsampled, peak_mask(upsampled, window, peak_filter), window)
+    all_peaks = mask.nonzero()[:, 1:]  # (c, y, x)
     if len(classes) == 0 or len(all_peaks) == 0:
         return all_peaks[:0], upsampled.new_zeros(0)
     wanted = torch.zeros(upsampled.shape[1], dtype=torch.bool, device=all_peaks.device)
@@ -95,12 +115,13 @@ def resize_normalised(maps, shape):
     return torch.where(total > 0, r / total.clamp(min=1e-30), r)
 
 
-def image_peaks(model, rgb, tags, options, device, input_size):
-    """Everything the store keeps for one image: (arrays dict, extras for the panels)."""
+def image_peaks(model, rgb, tags, options, device, input_size, score_upsample=1):
+    """The arrays the store keeps for one image. Class scores are computed as in the
+    classifier's training and val scoring (its own upsample factor, `score_upsample`)."""
     height, width = rgb.shape[:2]
     x = input_tensor(rgb, input_size, device)
     pb = PeakBackprop(model, x, upsample=options["upsample"])
-    scores = model.scores(pb.class_maps)[0].float()
+    scores = model.scores(pb.class_maps, score_upsample)[0].float()
     if options["classes"] == "tags":
         classes = sorted(tags)
     else:
@@ -137,7 +158,7 @@ def image_peaks(model, rgb, tags, options, device, input_size):
 
 
 def extract(records, manifest, model, options, out_path, device, input_size, panel_dir=None,
-            panel_indices=(), progress=True, root_attrs=None):
+            panel_indices=(), progress=True, root_attrs=None, score_upsample=1):
     """Write the peaks store of `records` (manifest ImageRecords) to out_path.
 
     panel_indices: positions in `records` that also get a panel PNG in panel_dir.
@@ -159,7 +180,7 @@ def extract(records, manifest, model, options, out_path, device, input_size, pan
                 raise InputError(rec.path, f"image is {rgb.shape[1]}x{rgb.shape[0]}, the "
                                            f"manifest says {rec.width}x{rec.height}")
             arrays = image_peaks(model, rgb, manifest.label_indices(rec), options, device,
-                                 input_size)
+                                 input_size, score_upsample)
             n = len(arrays["peak_class"])
             stats["images"] += 1
             stats["peaks"] += n

@@ -85,4 +85,5 @@ def run_extract(args):
     extract(records, manifest, model, options, args.out, device, input_size,
             panel_dir=args.panels, panel_indices=panel_indices if args.panels else (),
             progress=not args.no_progress,
-            root_attrs={"shard": args.shard, "num_shards": args.num_shards})
+            root_attrs={"shard": args.shard, "num_shards": args.num_shards},
+            score_upsample=meta["config"].get("upsample", 1))
