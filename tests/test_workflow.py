@@ -1,0 +1,137 @@
+"""The workflow through the `snakemake` CLI, in a subprocess, on a tiny config.
+
+The end-to-end test also proves that no stage before evaluation reads ground truth: it deletes
+gt/*.json after the dataset stage, runs every weak-supervision stage up to Mask R-CNN's
+predictions (which must neither fail nor ask Snakemake to recreate the GT files), then puts the
+GT back and runs the evaluation stages and the report.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+TINY = {
+    "run_name": "tiny",
+    "shards": 2,
+    "dataset": {"kind": "synthetic",
+                "synthetic": {"seed": 1, "train_images": 16, "val_images": 6, "image_size": 64}},
+    "classifier": {"backbone": "tiny", "input_size": 64, "epochs": 2, "batch_size": 8,
+                   "num_workers": 0},
+    "peaks": {"panels": 1, "map_size": 32},
+    "proposals": {"max_proposals": 100, "working_size": 64},
+    "retrieval": {"panel_images": 1},
+    "maskrcnn": {"backbone": "tiny", "epochs": 1, "batch_size": 4, "min_size": [64],
+                 "max_size": 64, "num_workers": 0, "warmup_iters": 2},
+    "upper_bound": True,
+    "report": {"panel_images": 1},
+}
+
+# The weak-supervision chain: everything a user gets without ground truth.
+WEAK_TARGETS = ["classifier/classifier.pt", "peaks/peaks.h5", "proposals/proposals.h5",
+                "pseudo_masks/pseudo_masks.h5", "maskrcnn/model.pt",
+                "maskrcnn/predictions_val.json"]
+
+
+def snakemake(workdir, *args, config=None, check=True, timeout=900):
+    config_path = Path(workdir) / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config or TINY))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    proc = subprocess.run(
+        [*SNAKEMAKE, "-d", str(workdir), "--configfile", str(config_path), "--cores", "2", *args],
+        capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+def dry_run_jobs(workdir, *targets, config=None):
+    """{rule name: [input files]} of every job a forced dry run would execute."""
+    out = snakemake(workdir, "-n", "--forceall", *targets, config=config).stdout
+    jobs = {}
+    for block in re.split(r"\n(?=rule \w+:)", out):
+        m = re.match(r"rule (\w+):", block)
+        if m:
+            inputs = re.search(r"^\s+input: (.*)$", block, re.M)
+            jobs.setdefault(m.group(1), []).extend(inputs.group(1).split(", ") if inputs else [])
+    return jobs
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_weak_stages_take_no_ground_truth_input(tmp_path):
+    jobs = dry_run_jobs(tmp_path, *[f"results/tiny/{t}" for t in WEAK_TARGETS])
+    assert "train_maskrcnn" in jobs and "retrieve" in jobs
+    for rule, inputs in jobs.items():
+        assert not any("/gt/" in i for i in inputs), f"{rule} reads ground truth: {inputs}"
+    assert "gt_training_masks" not in jobs
+
+
+def test_tags_only_dataset_skips_evaluation(tmp_path):
+    from PIL import Image
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 40, 90, 20)).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "tags.csv").write_text("image,labels\n0.png,cat\n1.png,dog\n2.png,cat dog\n")
+    config = {**TINY, "dataset": {"kind": "tags", "tags": {
+        "images": str(tmp_path / "img"), "labels_csv": str(tmp_path / "tags.csv")}}}
+    proc = snakemake(tmp_path, "-n", config=config)
+    assert "evaluation stages are skipped" in proc.stderr
+    jobs = dry_run_jobs(tmp_path, config=config)
+    assert "train_maskrcnn" in jobs
+    assert not any(r.startswith("evaluate") or "upper_bound" in r for r in jobs), sorted(jobs)
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
+    run = tmp_path / "results/tiny"
+    snakemake(tmp_path, f"results/tiny/dataset/manifest.json")
+    gt_dir = run / "dataset/gt"
+    saved = tmp_path / "gt-saved"
+    shutil.copytree(gt_dir, saved)  # copytree keeps mtimes, so nothing upstream looks changed
+    shutil.rmtree(gt_dir)
+
+    snakemake(tmp_path, *[f"results/tiny/{t}" for t in WEAK_TARGETS])
+    assert not gt_dir.exists(), "a weak-supervision stage asked for the ground truth"
+
+    shutil.copytree(saved, gt_dir)
+    proc = snakemake(tmp_path)
+    assert "train_classifier" not in proc.stderr, "restoring GT must not rerun training"
+
+    with h5py.File(run / "pseudo_masks/pseudo_masks.h5") as f:
+        assert f.attrs["kind"] == "pseudo_masks"
+        assert len(f["images"]) == 16
+    for name in ["pseudo_masks/evaluation.json", "maskrcnn/evaluation_val.json",
+                 "upper_bound/evaluation_val.json"]:
+        figures = json.loads((run / name).read_text())
+        for key in ["mAP@0.25", "mAP@0.5", "mAP@0.75", "ABO"]:
+            assert 0.0 <= figures[key] <= 1.0, (name, key, figures[key])
+    html = (run / "report.html").read_text()
+    assert "mAP@0.5" in html and "<img" in html and "http://" not in html
+
+    # Nothing is left to do, and a retrieval setting reruns retrieval and what follows only.
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+    changed = {**TINY, "retrieval": {**TINY["retrieval"], "nms_iou": 0.5}}
+    jobs = set(dry_run_jobs_no_force(tmp_path, changed))
+    assert {"retrieve", "gather_pseudo_masks", "train_maskrcnn", "report"} <= jobs
+    assert not jobs & {"prepare_dataset", "train_classifier", "extract_peaks", "propose",
+                       "train_upper_bound"}, jobs
+
+
+def dry_run_jobs_no_force(workdir, config):
+    out = snakemake(workdir, "-n", config=config).stdout
+    return re.findall(r"^rule (\w+):", out, re.M)
