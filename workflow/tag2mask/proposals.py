@@ -491,16 +491,20 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
     rng = np.random.default_rng(image_seed(settings.seed, image_id))
 
     # over-segmentations and the features of their superpixels, per colour space x scale
+    use_colour = any("C" in mix for mix in settings.strategies)
+    use_texture = any("T" in mix for mix in settings.strategies)
     segs, feats = [], []
     for space in settings.colour_spaces:
         cs = to_colour_space(img, space)
-        texture = texture_values(cs)
+        texture = texture_values(cs) if use_texture else None
         for k in settings.scales:
             labels = felzenszwalb(cs, scale=k, sigma=settings.sigma, min_size=settings.min_size)
             n = int(labels.max()) + 1
             segs.append(labels)
-            feats.append((n, region_histograms(labels, n, cs, COLOUR_BINS),
-                          region_histograms(labels, n, texture, TEXTURE_BINS)))
+            feats.append((n,
+                          region_histograms(labels, n, cs, COLOUR_BINS) if use_colour else None,
+                          region_histograms(labels, n, texture, TEXTURE_BINS)
+                          if use_texture else None))
     atoms, n_atoms, atom_label = overlay(segs)
     atom_area = np.bincount(atoms.ravel(), minlength=n_atoms).astype(np.float64)
 
