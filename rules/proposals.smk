@@ -3,7 +3,13 @@
 # Quality against ground truth (ABO, recall) only for datasets with GT.
 
 PROPOSALS = config["proposals"]
-_EXTERNAL = [PROPOSALS["external_json"]] if PROPOSALS["method"] == "external" else []
+# the external file is an input (a new file reruns the stage); with no path set, the
+# command itself stops with a clear error
+_EXTERNAL = (
+    [PROPOSALS["external_json"]]
+    if PROPOSALS["method"] == "external" and PROPOSALS["external_json"]
+    else []
+)
 _PROPOSALS_CODE = code_digest("proposals", "proposals_cli", "proposals_import", "store",
                               "masks", "images", "manifest", "shards")
 
