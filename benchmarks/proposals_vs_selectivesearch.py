@@ -2,8 +2,8 @@
 
 Speed (seconds per image) and mask quality (ABO, recall@0.5/0.7 against GT instances) on the
 same images: the project's synthetic images (textured shapes on cluttered textured
-backgrounds, 128 px, as in the demo) and, when present, voc-mini photographs (train list, GT from SegmentationObject,
-void pixels removed from proposals before the IoU).
+backgrounds, 128 px, as in the demo) and, when present, voc-mini photographs (train list, GT
+from SegmentationObject, void pixels removed from proposals before the IoU).
 
 `selectivesearch` is not a tag2mask dependency. Install it into the venv for this script only:
 

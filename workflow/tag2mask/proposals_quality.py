@@ -43,7 +43,8 @@ def _rles(counts, height, width):
 def best_overlaps(proposals, gt, height, width, void=None):
     """IoU matrix [P, G] between proposal and GT RLEs (counts strings or RLE dicts), with
     `void` (an RLE dict or None) removed from the proposals."""
-    p = proposals if proposals and isinstance(proposals[0], dict) else _rles(proposals, height, width)
+    p = proposals if proposals and isinstance(proposals[0], dict) else _rles(proposals, height,
+                                                                            width)
     g = gt if gt and isinstance(gt[0], dict) else _rles(gt, height, width)
     if not p or not g:
         return np.zeros((len(p), len(g)))
