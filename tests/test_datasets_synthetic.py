@@ -234,6 +234,7 @@ def test_manifest_and_ground_truth_contracts(tmp_path):
     raw = json.loads((tmp_path / "manifest.json").read_text())
     assert raw["classes"] == list(synthetic.CLASSES)
     assert raw["ground_truth"] == {"train": "gt/train.json", "val": "gt/val.json"}
+    assert raw["stats"] == {"images": 8, "skipped": 0, "skipped_files": [], "seed": 2}
     for rec in raw["images"]:
         assert set(rec) == set(RECORD_KEYS)  # no masks, boxes or counts
         assert rec["path"] == f"images/{rec['split']}/{rec['id']}.png"

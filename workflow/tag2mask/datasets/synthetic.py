@@ -426,7 +426,7 @@ def read(options, out_dir, limits):
                          f"({limits['max_image_pixels']})")
     out_dir = Path(out_dir)
     counts = {"train": options["train_images"], "val": options["val_images"]}
-    records, ground_truth, instances = [], {}, 0
+    records, ground_truth = [], {}
     for split, n in counts.items():  # all train, then all val: COCO id = manifest position
         if n == 0:
             continue
@@ -443,10 +443,9 @@ def read(options, out_dir, limits):
             record = make_record(image_id, path, size, size, split, labels, CLASSES)
             records.append(record)
             builder.add_image(len(records), record, sample.masks, sample.classes)
-            instances += len(sample.classes)
         ground_truth[split] = builder.to_dict()
     manifest = Manifest(
         dataset="synthetic", classes=list(CLASSES), images=records,
-        stats={"images": len(records), "skipped": 0, "skipped_files": [], "seed": seed,
-               "instances": instances})
+        # no instance counts: the manifest carries tags only (counts are ground truth)
+        stats={"images": len(records), "skipped": 0, "skipped_files": [], "seed": seed})
     return Prepared(manifest, ground_truth)
