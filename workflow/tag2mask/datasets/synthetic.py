@@ -21,6 +21,7 @@ result does not depend on generation order: same seed, byte-identical images and
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -426,6 +427,7 @@ def read(options, out_dir, limits):
                          f"({limits['max_image_pixels']})")
     out_dir = Path(out_dir)
     counts = {"train": options["train_images"], "val": options["val_images"]}
+    start = time.perf_counter()
     records, ground_truth = [], {}
     for split, n in counts.items():  # all train, then all val: COCO id = manifest position
         if n == 0:
@@ -444,6 +446,8 @@ def read(options, out_dir, limits):
             records.append(record)
             builder.add_image(len(records), record, sample.masks, sample.classes)
         ground_truth[split] = builder.to_dict()
+    log.info("generated %d synthetic images of %dpx (seed %d) in %.1f s", len(records), size,
+             seed, time.perf_counter() - start)
     manifest = Manifest(
         dataset="synthetic", classes=list(CLASSES), images=records,
         # no instance counts: the manifest carries tags only (counts are ground truth)
