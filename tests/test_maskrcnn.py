@@ -68,7 +68,8 @@ def draw_instances(rng, size):
     return img, np.array(masks, bool).reshape(-1, size, size), labels
 
 
-def make_dataset(folder, n_images=12, size=64, seed=0, split="train", empty=(), val_images=0):
+def make_dataset(folder, n_images=12, size=64, seed=0, empty=(), val_images=0,
+                 store_splits=("train",)):
     """Images + manifest + a pseudo_masks store holding the exact instances (a trivially easy
     store). Images listed in `empty` get N = 0 in the store. Returns (manifest, store, truth)
     where truth maps image id -> (masks, labels)."""
@@ -81,7 +82,7 @@ def make_dataset(folder, n_images=12, size=64, seed=0, split="train", empty=(), 
         image_id = f"img{i:03d}"
         path = folder / "images" / f"{image_id}.png"
         Image.fromarray(img).save(path)
-        s = split if i < n_images else "val"
+        s = "train" if i < n_images else "val"
         records.append(make_record(image_id, path, size, size, s,
                                    [CLASSES[c] for c in labels], CLASSES))
         truth[image_id] = (masks, labels)
@@ -89,7 +90,7 @@ def make_dataset(folder, n_images=12, size=64, seed=0, split="train", empty=(), 
     store = folder / "pseudo_masks.h5"
     with StoreWriter(store, "pseudo_masks", CLASSES) as w:
         for r in records:
-            if r.split != split:
+            if r.split not in store_splits:
                 continue
             masks, labels = truth[r.id]
             if r.id in empty:
@@ -146,6 +147,16 @@ def test_dataset_negative_images_and_flip(easy):
         assert target["boxes"][0].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
         flipped += not np.array_equal(m, truth[ds.records[0].id][0])
     assert 0 < flipped < 8
+
+
+def test_dataset_uses_only_the_train_split(tmp_path):
+    """A store that also holds val images trains on train images only."""
+    manifest_path, store, truth = make_dataset(tmp_path, n_images=3, val_images=2,
+                                               store_splits=("train", "val"))
+    m = read_manifest(manifest_path)
+    assert [r.id for r in PseudoMaskDataset(store, m).records] == ["img000", "img001", "img002"]
+    assert [r.id for r in PseudoMaskDataset(store, m, split="val").records] == \
+        ["img003", "img004"]
 
 
 def test_dataset_rejects_other_classes(tmp_path, easy):

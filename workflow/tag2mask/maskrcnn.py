@@ -249,11 +249,13 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     target: boxes float32 [N,4] xyxy (tight boxes of the masks), labels int64 [N] (class index
     + 1; 0 is background), masks uint8 [N,H,W], image_id int (position in this dataset).
     Images whose store entry has no instance are left out (`skip`) or kept as background-only
-    images (`negative`). Instances with an empty mask are dropped (counted in `dropped`).
-    The store is opened lazily, once per DataLoader worker (h5py handles do not survive fork).
+    images (`negative`). Instances with an empty mask are dropped (logged). Only images of
+    the manifest split `split` are used: a store that also covers val images never trains on
+    them. The store is opened lazily, once per DataLoader worker (h5py handles do not survive
+    fork).
     """
 
-    def __init__(self, store_path, manifest, empty_images="skip", flip=False):
+    def __init__(self, store_path, manifest, empty_images="skip", flip=False, split="train"):
         if empty_images not in EMPTY_POLICIES:
             raise InputError("maskrcnn.empty_images", f"{empty_images!r} not in {EMPTY_POLICIES}")
         self.store_path = Path(store_path)
@@ -280,12 +282,16 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         # manifest order, so the dataset does not depend on the store's group order
         order = {r.id: i for i, r in enumerate(manifest.images)}
         pairs = sorted(zip(records, counts), key=lambda p: order[p[0].id])
+        other_split = sum(1 for r, _ in pairs if r.split != split)
+        if other_split:
+            log.info("%s: %d image(s) outside the %s split left out", store_path, other_split,
+                     split)
+        pairs = [p for p in pairs if p[0].split == split]
         self.empty = sum(1 for _, n in pairs if n == 0)
         if empty_images == "skip":
             pairs = [p for p in pairs if p[1] > 0]
         self.records = [p[0] for p in pairs]
         self.instances = sum(p[1] for p in pairs)
-        self.dropped = 0
         log.info("pseudo-mask dataset: %d images (%d without instances, %s), %d instances",
                  len(self.records), self.empty,
                  "skipped" if empty_images == "skip" else "kept as negatives", self.instances)
@@ -323,7 +329,9 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         m = rle.decode(counts, h, w)
         boxes = rle.boxes(counts, h, w)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        self.dropped += int((~keep).sum())
+        if not keep.all():
+            log.warning("%s: image %r: %d empty mask(s) dropped", self.store_path, rec.id,
+                        int((~keep).sum()))
         m, boxes, labels = m[keep], boxes[keep], labels[keep]
         if flip:
             image = image[:, ::-1]
