@@ -57,12 +57,13 @@ TEXTURE_ORIENTATIONS = 8
 
 @dataclass(frozen=True)
 class ProposalSettings:
-    """Generator settings; the `proposals` config section without the import keys."""
-    max_proposals: int = 1000
+    """Generator settings: the `proposals` config section without the import keys (defaults
+    as in config/schema.yaml)."""
+    max_proposals: int = 2000
     working_size: int = 256
     scales: tuple = (100, 300)
     colour_spaces: tuple = ("hsv", "lab")
-    strategies: tuple = ("CTSF", "TSF")
+    strategies: tuple = ("CTSF", "TSF", "F")
     sigma: float = 0.8
     min_size: int = 20
     dedup_iou: float = 0.9
