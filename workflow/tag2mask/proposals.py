@@ -232,7 +232,7 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix):
     members = np.zeros((size_m, n), bool)
     members[np.arange(n), np.arange(n)] = True
 
-    def similarity(i, js):
+    def similarity(i, js):  # region(s) i with regions js (i: one index or one per js)
         s = np.zeros(len(js))
         if use_c:
             s += np.minimum(hc[i], hc[js]).sum(1)
@@ -253,10 +253,7 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix):
         neighbours[b].add(a)
     heap = []
     if len(pairs):
-        sims = np.zeros(len(pairs))
-        for a in np.unique(pairs[:, 0]):  # vectorised per first label
-            sel = pairs[:, 0] == a
-            sims[sel] = similarity(a, pairs[sel, 1])
+        sims = similarity(pairs[:, 0], pairs[:, 1])
         heap = [(-s, int(a), int(b)) for s, (a, b) in zip(sims, pairs.tolist())]
         heapq.heapify(heap)
     alive = np.zeros(size_m, bool)
