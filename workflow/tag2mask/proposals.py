@@ -463,10 +463,12 @@ def objectness(cues):
       on the image border. Background regions (sky, floor, walls) run along the border;
       regions touching it are at best cut-off objects.
     Rank normalisation makes the cues comparable without scales fitted to any dataset.
-    Selective search's own order (hierarchy level x random) and the agreement of strategies
-    were measured as well and not used: they rank large regions and whole-image unions first
-    (see the report of the proposals stage; figures in `benchmarks/`), which for a point
-    inside an object selects a mask far larger than the object.
+    Measured with `proposals_quality`'s point_retrieval_miou (IoU of the best-scored proposal
+    covering an interior point of each GT instance, proposals >= 85% of the image skipped):
+    0.27 on 30 voc-mini train images and 0.57 on 40 synthetic ones, against 0.12 / 0.32 for
+    the mean of contrast, selective search's order (hierarchy level x random) and the number
+    of strategies agreeing on a region; those two rank large regions and whole-image unions
+    first, which for a point inside an object selects a mask far larger than the object.
     """
     return (rank01(cues["contrast"]) + rank01(cues["compactness"])
             + 1.0 - rank01(cues["border"])) / 3.0
