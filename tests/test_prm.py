@@ -70,7 +70,9 @@ def test_batched_equals_per_peak_loop(net):
     batched = PeakBackprop(net, image, upsample=4)
     loop = PeakBackprop(net, image, upsample=4, batched=False)
     assert torch.equal(batched.upsampled_maps, loop.upsampled_maps)
-    peaks = random_peaks(batched.upsampled_maps, 9)
+    h, w = batched.upsampled_maps.shape[-2:]
+    corners = torch.tensor([[0, 0, 0], [2, h - 1, w - 1], [1, 0, w - 2]])  # border taps
+    peaks = torch.cat([random_peaks(batched.upsampled_maps, 6), corners])
     a = batched.response_maps(peaks, chunk=4)  # several chunks
     b = loop.response_maps(peaks)
     assert a.shape == (9, 45, 58)

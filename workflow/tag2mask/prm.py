@@ -128,24 +128,42 @@ def _is_dynamic_same(conv):
     return type(conv).__name__ == "Conv2dSame"
 
 
+def _affine_bn_forward(bn, x):
+    # Eval-mode BatchNorm is the per-channel affine map x * scale + shift; written out, its
+    # ordinary gradient (grad * scale) is much cheaper under vmap than batch_norm_backward.
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
 @contextlib.contextmanager
 def positive_backprop(model):
     """Within the block, every nn.Conv2d of `model` backpropagates with the positive-weight rule.
 
     Only the forward pass needs to run inside the block: the graph it records keeps the rule.
+    Plain eval-mode BatchNorm2d layers run as the same affine map (ordinary gradient).
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     for m in convs:
         if type(m).forward is not nn.Conv2d.forward and not _is_dynamic_same(m):
             raise TypeError(f"positive_backprop: unsupported conv subclass {type(m).__name__} "
                             "(its forward differs from nn.Conv2d's)")
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward
+             and not m.training and m.running_mean is not None]
     try:
         for m in convs:
             m._prm_dynamic_same = _is_dynamic_same(m)
             m.forward = types.MethodType(_positive_forward, m)
+        for m in norms:
+            m.forward = types.MethodType(_affine_bn_forward, m)
         yield model
     finally:
-        for m in convs:
+        for m in convs + norms:
             m.__dict__.pop("forward", None)
             m.__dict__.pop("_prm_dynamic_same", None)
 
@@ -176,52 +194,82 @@ class PeakBackprop:
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(f"PeakBackprop takes one image [1, 3, H, W], got {tuple(image.shape)}")
         self.batched = batched
+        self.upsample = upsample
         self._input_hw = tuple(image.shape[-2:])
 
         def forward(x):
             with positive_backprop(model):
-                maps = model(x)
-            up = maps if upsample == 1 else F.interpolate(
-                maps, scale_factor=upsample, mode="bilinear", align_corners=False)
-            return up, maps.detach()
+                return model(x)
 
         with torch.enable_grad():
             if batched:
-                up, self._vjp, maps = torch.func.vjp(forward, image.detach(), has_aux=True)
+                maps, self._vjp = torch.func.vjp(forward, image.detach())
             else:
                 self._image = image.detach().clone().requires_grad_(True)
-                up, maps = forward(self._image)
-                self._graph_output = up
+                maps = forward(self._image)
+                self._graph_output = _upsample(maps, upsample)
         self.class_maps = maps.detach()
-        self.upsampled_maps = up.detach()
+        self.upsampled_maps = _upsample(self.class_maps, upsample)
 
     def response_maps(self, peaks, chunk=32):
         """Normalised response maps [P, H, W] at the input resolution (peaks in chunks of
         `chunk` per batched backward, which bounds the memory)."""
-        peaks = torch.as_tensor(peaks, dtype=torch.long)
+        peaks = torch.as_tensor(peaks, dtype=torch.long, device=self.class_maps.device)
         if peaks.dim() == 2 and peaks.shape[1] == 4:
             peaks = peaks[:, 1:]
         if len(peaks) == 0:
-            return self.upsampled_maps.new_zeros((0,) + self._input_hw)
+            return self.class_maps.new_zeros((0,) + self._input_hw)
         out = []
         if self.batched:
             with torch.no_grad():
                 for start in range(0, len(peaks), chunk):
-                    (g,) = torch.func.vmap(self._vjp)(self._onehot(peaks[start:start + chunk]))
+                    onehots = self._raw_onehot(peaks[start:start + chunk])
+                    (g,) = torch.func.vmap(self._vjp)(onehots)
                     out.append(normalise(g[:, 0]))
         else:
+            up = self.upsampled_maps
             for p in peaks:
-                (g,) = torch.autograd.grad(self._graph_output, self._image,
-                                           self._onehot(p[None])[0], retain_graph=True)
+                onehot = up.new_zeros(up.shape)
+                onehot[0, p[0], p[1], p[2]] = 1.0
+                (g,) = torch.autograd.grad(self._graph_output, self._image, onehot,
+                                           retain_graph=True)
                 out.append(normalise(g))
         return torch.cat(out)
 
-    def _onehot(self, peaks):
-        up = self.upsampled_maps
-        onehot = up.new_zeros((len(peaks),) + tuple(up.shape))
-        onehot[torch.arange(len(peaks)), 0, peaks[:, 0], peaks[:, 1], peaks[:, 2]] = 1.0
-        return onehot
+    def _raw_onehot(self, peaks):
+        """Gradients [P, 1, C, h, w] on the raw class maps of one-hots at peaks of the upsampled
+        maps: each peak's bilinear interpolation weights (the upsampling's adjoint, without a
+        backward pass over P full-size one-hot maps)."""
+        maps = self.class_maps
+        n = len(peaks)
+        grad = maps.new_zeros((n,) + tuple(maps.shape))
+        rows = _bilinear_taps(peaks[:, 1], maps.shape[-2], self.upsample)
+        cols = _bilinear_taps(peaks[:, 2], maps.shape[-1], self.upsample)
+        idx = torch.arange(n, device=maps.device)
+        zero = torch.zeros_like(idx)
+        for r, wr in rows:
+            for c, wc in cols:
+                grad.index_put_((idx, zero, peaks[:, 0], r, c), (wr * wc).to(grad.dtype),
+                                accumulate=True)
+        return grad
 
     def release(self):
         """Drop the recorded forward (frees the saved activations)."""
         self._vjp = self._graph_output = self._image = None
+
+
+def _upsample(maps, factor):
+    if factor == 1:
+        return maps
+    return F.interpolate(maps, scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+def _bilinear_taps(index, size, factor):
+    """[(source index, weight)] x 2 of output pixels `index` of a bilinear x`factor` upsampling
+    (align_corners=False) of an axis of `size` pixels, as torch computes it:
+    source = max((i + 0.5) / factor - 0.5, 0), the next pixel clamped at the border."""
+    src = ((index.double() + 0.5) / factor - 0.5).clamp(min=0)
+    i0 = src.floor().long()
+    frac = src - i0
+    i1 = torch.where(i0 < size - 1, i0 + 1, i0)
+    return [(i0, 1 - frac), (i1, frac)]
