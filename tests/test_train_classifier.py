@@ -105,6 +105,18 @@ def test_checkpoint_of_other_options_is_not_resumed(manifest, tmp_path):
     train_classifier(manifest, options(epochs=1, lr=0.005), out)
     log = read_log(out)
     assert len(log) == 1 and "resumed_from" not in log[0] and log[0]["lr"] == 0.005
+    # 2 -> 3 epochs: the cosine schedule of epoch 2 changes, so a resume could not equal an
+    # uninterrupted 3-epoch run: start afresh
+    out = tmp_path / "longer"
+    train_classifier(manifest, options(epochs=2), out)
+    train_classifier(manifest, options(epochs=3), out)
+    assert [("resumed_from" in r, r["epoch"]) for r in read_log(out)] == [(False, 1), (False, 2),
+                                                                          (False, 3)]
+    # with a constant schedule the same extension resumes
+    out = tmp_path / "constant"
+    train_classifier(manifest, options(epochs=1, lr_schedule="constant"), out)
+    train_classifier(manifest, options(epochs=2, lr_schedule="constant"), out)
+    assert read_log(out)[1]["resumed_from"] == 1
 
 
 def test_checkpoint_with_another_class_list_is_refused(manifest, tmp_path):

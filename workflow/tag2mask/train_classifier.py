@@ -4,7 +4,9 @@ Writes into --out-dir:
   last.pt        training checkpoint after every epoch (model, optimizer, scheduler, grad
                  scaler, RNG state, history), written atomically; a restarted run resumes
                  from it when it was made with the same options (epochs, num_workers and
-                 device aside) and the same training images and tags
+                 device aside), the same training images and tags, and the learning rates of
+                 its epochs are those of this run's schedule (so the result equals an
+                 uninterrupted run: more epochs under a cosine schedule start afresh)
   log.jsonl      one JSON line per epoch: epoch, loss, lr, seconds, images, and on a dataset
                  with a val split val_mAP (classification mAP from the val tags) and val_AP
   classifier.pt  the final model (tag2mask.classifier checkpoint with class names and config)
@@ -148,8 +150,14 @@ def resume_key(options, manifest, train):
     return digest({"options": fixed, "data": data})
 
 
-def load_resumable(path, key, epochs):
-    """The checkpoint at `path` if this run can continue it, else None (logged why)."""
+def load_resumable(path, key, options):
+    """The checkpoint at `path` if this run can continue it, else None (logged why).
+
+    Besides the resume key, the learning rates of its finished epochs must be the ones this
+    run's schedule gives them (a longer cosine schedule changes them), so a resumed run always
+    equals an uninterrupted one with the current options.
+    """
+    epochs = options["epochs"]
     if not path.exists():
         return None
     try:
@@ -164,6 +172,13 @@ def load_resumable(path, key, epochs):
     if done > epochs:
         log.warning("not resuming from %s: it has %d epochs, this run asks for %d", path, done,
                     epochs)
+        return None
+    factor = lr_factor(options)
+    planned = [options["lr"] * factor(e) for e in range(done)]
+    if not all(math.isclose(r["lr"], lr, rel_tol=1e-9, abs_tol=1e-12)
+               for r, lr in zip(ckpt["history"], planned)):
+        log.warning("not resuming from %s: its learning rates differ from this run's schedule "
+                    "(epochs changed)", path)
         return None
     return ckpt
 
@@ -210,7 +225,7 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
     key = resume_key(options, manifest, train)
     ckpt_path = out_dir / "last.pt"
     history, start = [], 0
-    ckpt = load_resumable(ckpt_path, key, epochs)
+    ckpt = load_resumable(ckpt_path, key, options)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
