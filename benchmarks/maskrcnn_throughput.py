@@ -1,20 +1,23 @@
 """Mask R-CNN throughput: tag2mask's training loop against plain torchvision loops, and predict.
 
-    python benchmarks/maskrcnn_throughput.py [--images 64] [--size 128] [--backbone tiny]
-        [--batch-size 8] [--num-workers 2] [--device auto] [--threads N]
+    python benchmarks/maskrcnn_throughput.py [--images 64] [--size 128]
+        [--backbone efficientnet_lite0] [--batch-size 8] [--num-workers 2] [--device auto]
+        [--threads N] [--repeats 3]
 
 Builds a pseudo-mask store of generated images (shapes on noise) in a temp folder, then times
-one epoch (after a warm-up epoch) of the same model, same data, same batches in three ways:
+epochs of one model over the same batches (order and flips) in three ways, after a warm-up
+epoch each, interleaved `--repeats` times (the median is reported):
 
-  tag2mask   train_maskrcnn.train_one_epoch over PseudoMaskDataset with DataLoader workers
-             (uint8 images and masks decoded in the workers, AMP on CUDA)
+  tag2mask   train_maskrcnn.train_one_epoch over PseudoMaskDataset with persistent DataLoader
+             workers (uint8 images and masks decoded in the workers, AMP on CUDA)
   plain      the loop of torchvision's detection tutorial: each batch read and decoded in the
              training process (PIL + RLE decode), float images, then forward/backward/step
   in_memory  the same loop over batches already decoded and held in memory: compute only, the
              ceiling for any data pipeline
 
-and prints JSON with images/s of each, ratio_vs_plain and ratio_vs_in_memory (>= 1.0 / close
-to 1.0 mean data loading is not the bottleneck), and predict's images/s.
+and prints JSON with images/s of each, ratio_vs_plain (>= 1.0: the data pipeline is not a
+bottleneck relative to the plain loop), ratio_vs_in_memory (how close to pure compute), and
+predict's images/s (`tag2mask.predict.predict`, batch --batch-size).
 """
 
 import argparse
@@ -114,12 +117,14 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--backbone", default="tiny")
-    ap.add_argument("--pretrained", action="store_true")
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                    help="ImageNet weights (offline for efficientnet_lite0; ignored by tiny)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="timed epochs per loop (median)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,7 +135,7 @@ def main():
         "backbone": args.backbone, "pretrained": args.pretrained, "fpn_channels": 64,
         "anchor_sizes": [8, 16, 32, 64, 128], "box_head_dim": 256, "mask_head_channels": 64,
         "mask_head_layers": 2, "min_size": [s], "max_size": s, "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "lr": 0.01, "flip": True, "device": device.type,
+        "num_workers": args.num_workers, "lr": 0.002, "flip": True, "device": device.type,
         "predict_batch_size": args.batch_size, "rpn_pre_nms_top_n_train": 600,
         "rpn_post_nms_top_n_train": 300, "rpn_pre_nms_top_n_test": 300,
         "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 128}), "maskrcnn")
@@ -138,49 +143,52 @@ def main():
         manifest_path, store = make_store(tmp, args.images, s)
         manifest = read_manifest(manifest_path)
         ds = PseudoMaskDataset(store, manifest, flip=True)
-
-        # tag2mask loop: warm-up epoch, then the timed one
+        # one model and optimiser for every loop: only the data path differs
         model, opt = fresh(options, device)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
         loader = make_loader(ds, options, device)
-        for epoch in (1, 2):
-            loader.sampler.set_epoch(epoch)
-            rec = train_one_epoch(model, loader, opt, sched, scaler, device, amp,
-                                  progress=False)
-        ours = rec["images_per_s"]
-
-        # the same batches (the timed epoch's order and flips) for the plain loops
+        loader.sampler.set_epoch(1)
+        # the same batches (order and flips) for the plain loops
         order = list(torch.utils.data.BatchSampler(loader.sampler, args.batch_size, False))
 
         def load_from_disk(indices):
             images, targets = collate([ds[i] for i in indices])
             return [im.float() / 255 for im in images], targets
 
-        model, opt = fresh(options, device)
-        plain_epoch(model, opt, order, device, amp, load_from_disk)  # warm-up
-        plain = plain_epoch(model, opt, order, device, amp, load_from_disk)
-
         cached = {tuple(b): load_from_disk(b) for b in order}
-        model, opt = fresh(options, device)
-        plain_epoch(model, opt, order, device, amp, lambda b: cached[tuple(b)])
-        in_memory = plain_epoch(model, opt, order, device, amp, lambda b: cached[tuple(b)])
+        loops = {
+            "tag2mask": lambda: train_one_epoch(model, loader, opt, sched, scaler, device, amp,
+                                                progress=False)["images_per_s"],
+            "plain": lambda: plain_epoch(model, opt, order, device, amp, load_from_disk),
+            "in_memory": lambda: plain_epoch(model, opt, order, device, amp,
+                                             lambda b: cached[tuple(b)]),
+        }
+        # warm-up, then the loops interleaved so a change in machine load hits all of them
+        rates = {name: [] for name in loops}
+        for name, run in loops.items():
+            run()
+        for _ in range(args.repeats):
+            for name, run in loops.items():
+                rates[name].append(run())
+        median = {name: float(np.median(r)) for name, r in rates.items()}
 
         items, _ = manifest_items(manifest_path, "train")
-        model.eval()
         configure(model, options)
         predict(model, items[: args.batch_size], options, device, progress=False)  # warm-up
-        _, _, pstats = predict(model, items, options, device, progress=False)
+        predict_rates = [predict(model, items, options, device, progress=False)[2]["images_per_s"]
+                         for _ in range(args.repeats)]
 
     print(json.dumps({
         "device": str(device), "torch_threads": torch.get_num_threads(),
-        "backbone": args.backbone, "images": args.images, "size": s,
-        "batch_size": args.batch_size, "num_workers": args.num_workers, "amp": amp,
-        "train_images_per_s": {"tag2mask": ours, "plain": round(plain, 3),
-                               "in_memory": round(in_memory, 3)},
-        "ratio_vs_plain": round(ours / plain, 3),
-        "ratio_vs_in_memory": round(ours / in_memory, 3),
-        "predict_images_per_s": pstats["images_per_s"],
+        "backbone": args.backbone, "pretrained": args.pretrained, "images": args.images,
+        "size": s, "batch_size": args.batch_size, "num_workers": args.num_workers, "amp": amp,
+        "repeats": args.repeats,
+        "train_images_per_s": {k: round(v, 3) for k, v in median.items()},
+        "train_images_per_s_runs": {k: [round(x, 3) for x in v] for k, v in rates.items()},
+        "ratio_vs_plain": round(median["tag2mask"] / median["plain"], 3),
+        "ratio_vs_in_memory": round(median["tag2mask"] / median["in_memory"], 3),
+        "predict_images_per_s": float(np.median(predict_rates)),
     }, indent=1))
 
 
