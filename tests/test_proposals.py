@@ -102,6 +102,12 @@ def test_downscaled_working_image_gives_full_resolution_masks():
     assert np.all(best > 0.85)  # coarser working resolution: boundaries within a pixel or two
 
 
+def test_flat_and_tiny_images_give_the_whole_image():
+    for rgb in (np.full((40, 30, 3), 128, np.uint8), np.zeros((1, 1, 3), np.uint8)):
+        props = propose(rgb, ProposalSettings.from_options(SMALL), "flat")
+        assert len(props) == 1 and props.masks().all()
+
+
 def test_members_to_rle_matches_encode():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 7, (9, 13))
@@ -265,6 +271,7 @@ def test_import_round_trip(tmp_path):
     ("string", "malformed compressed RLE"),
     ("score", "score must be a finite number"),
     ("shape", "expected a list of proposals"),
+    ("twice", "is given twice"),
 ])
 def test_import_errors(tmp_path, case, message):
     manifest = scene_manifest(tmp_path / "data", n=1)
@@ -280,6 +287,7 @@ def test_import_errors(tmp_path, case, message):
                              "score": 1}]},
         "score": {rec.id: [{"segmentation": good, "score": "high"}]},
         "shape": {rec.id: {"segmentation": good}},
+        "twice": {rec.id: [item], "im0.png": [item]},
     }[case]
     path = tmp_path / "ext.json"
     path.write_text(json.dumps(data))
