@@ -76,15 +76,16 @@ def voc_mini_images(root, n, split="train"):
 
 
 def run_builtin(images, settings):
-    best, retrieved, n_props, seconds, cpu = [], [], [], [], []
+    best, retrieved, top, n_props, seconds, cpu = [], [], [], [], [], []
     for image_id, rgb, gt, void in images:
         t, c = time.perf_counter(), time.process_time()
         counts = propose(rgb, settings, image_id).rle()
         seconds.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        b, r = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
-        best += b.tolist(); retrieved += r.tolist(); n_props.append(len(counts))
-    return {**summarise(best, retrieved, n_props, seconds),
+        b, r, t100 = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
+        best += b.tolist(); retrieved += r.tolist(); top += t100.tolist()
+        n_props.append(len(counts))
+    return {**summarise(best, retrieved, n_props, seconds, top),
             "cpu_seconds_per_image": float(np.mean(cpu))}
 
 
@@ -107,10 +108,11 @@ def run_selectivesearch(images, scale=500, sigma=0.9, min_size=10):
         counts = members_to_rle(member, label_map)
         seconds.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        b, _ = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
+        b, _, _ = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
         best += b.tolist(); n_props.append(len(counts))
     out = {**summarise(best, [], n_props, seconds), "cpu_seconds_per_image": float(np.mean(cpu))}
     out.pop("point_retrieval_miou")  # its regions carry no ranking
+    out.pop("abo_top100")
     return out
 
 

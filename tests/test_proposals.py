@@ -363,13 +363,15 @@ def test_quality_of_store_known_answers(tmp_path):
     # point retrieval: the interior point is the first maximum of the distance transform:
     # g1 (4, 4) -> first covering proposal p_x[1] (IoU 0.8, although p_x[2] is exact);
     # g2 (19, 24) -> p_x[0] (0.5)
-    best, retrieved = image_figures(mask_rle.encode(np.array(p_x)),
+    best, retrieved, top = image_figures(mask_rle.encode(np.array(p_x)),
                                     [{"size": [h, w], "counts": mask_rle.encode(g).encode()}
                                      for g in (g1, g2)], h, w)
     np.testing.assert_allclose(best, [1.0, 0.5])
     assert retrieved[0] == pytest.approx(0.8)
     assert retrieved[1] == pytest.approx(0.5)
     assert q["point_retrieval_miou"] == pytest.approx((0.8 + 0.5 + 0.5) / 3)
+    np.testing.assert_allclose(top, best)  # fewer than 100 proposals
+    assert q["abo_top100"] == pytest.approx(q["abo"])
 
 
 def test_evaluate_proposals_command(tmp_path):

@@ -3,7 +3,8 @@
     tag2mask evaluate-proposals --proposals P.h5 --gt train=gt/train.json --out quality.json
 
 Figures, over the non-crowd GT instances of one split:
-- ABO (average best overlap): mean over GT instances of the best IoU with any proposal.
+- ABO (average best overlap): mean over GT instances of the best IoU with any proposal;
+  abo_top100: the same over the first 100 proposals only (retrieval's default candidates).
 - recall@0.5 / recall@0.7: share of GT instances whose best IoU reaches 0.5 / 0.7.
 - point_retrieval_miou: for each GT instance, take one interior point (the maximum of its
   distance transform, a stand-in for a well-placed peak) and the best-ranked proposal that
@@ -32,6 +33,7 @@ from .store import StoreReader
 
 log = logging.getLogger(__name__)
 THRESHOLDS = (0.5, 0.7)
+TOP = 100  # retrieval's default candidates: the first 100 proposals of an image
 _DECODE_CHUNK = 256
 
 
@@ -84,25 +86,26 @@ def first_covering(proposal_rles, points):
 
 
 def image_figures(proposal_counts, gt_rles, height, width, void=None):
-    """Per GT instance of one image: best IoU with any proposal and the IoU of the
-    best-ranked proposal covering its interior point (arrays of length G)."""
+    """Per GT instance of one image (arrays of length G): best IoU with any proposal, IoU of
+    the best-ranked proposal covering its interior point, best IoU among the first TOP."""
     if not gt_rles:
-        return np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0)
     p = _rles(proposal_counts, height, width)
     iou = best_overlaps(p, gt_rles, height, width, void)
     if len(p) == 0:
-        return np.zeros(len(gt_rles)), np.zeros(len(gt_rles))
+        return (np.zeros(len(gt_rles)),) * 3
     best = iou.max(0)
     idx = first_covering(p, interior_points(gt_rles))
     retrieved = np.where(idx >= 0, iou[np.maximum(idx, 0), np.arange(len(gt_rles))], 0.0)
-    return best, retrieved
+    return best, retrieved, iou[:TOP].max(0)
 
 
-def summarise(best, retrieved, n_props, seconds):
+def summarise(best, retrieved, n_props, seconds, best_top=()):
     best = np.asarray(best, np.float64)
     out = {
         "gt_instances": int(len(best)),
         "abo": float(best.mean()) if len(best) else None,
+        f"abo_top{TOP}": float(np.mean(best_top)) if len(best_top) else None,
         **{f"recall@{t}": (float((best >= t).mean()) if len(best) else None) for t in THRESHOLDS},
         "point_retrieval_miou": float(np.mean(retrieved)) if len(retrieved) else None,
         "images": int(len(n_props)),
@@ -146,7 +149,7 @@ def load_gt(gt_path):
 def evaluate_store(proposals_path, gt_path):
     """Quality figures of a proposals store against a COCO GT file (images in both)."""
     gt = load_gt(gt_path)
-    best, retrieved, n_props, seconds, cpu = [], [], [], [], []
+    best, retrieved, best_top, n_props, seconds, cpu = [], [], [], [], [], []
     with StoreReader(proposals_path, "proposals") as r:
         missing = [name for name in gt if name not in r]
         for name in gt:
@@ -157,9 +160,10 @@ def evaluate_store(proposals_path, gt_path):
             if (entry["height"], entry["width"]) != (h, w):
                 raise InputError(proposals_path, f"image {name!r} is {entry['height']}x"
                                  f"{entry['width']} in the store but {h}x{w} in {gt_path}")
-            b, ret = image_figures(entry["masks"], rles, h, w, void)
+            b, ret, top = image_figures(entry["masks"], rles, h, w, void)
             best.extend(b.tolist())
             retrieved.extend(ret.tolist())
+            best_top.extend(top.tolist())
             n_props.append(len(entry["masks"]))
             if "seconds" in entry:
                 seconds.append(float(entry["seconds"]))
@@ -168,7 +172,7 @@ def evaluate_store(proposals_path, gt_path):
     if missing:
         log.warning("%d GT images have no proposals in %s (left out)", len(missing),
                     proposals_path)
-    out = summarise(best, retrieved, n_props, seconds)
+    out = summarise(best, retrieved, n_props, seconds, best_top)
     out["cpu_seconds_per_image"] = float(np.mean(cpu)) if cpu else None
     out["gt_images_without_proposals"] = len(missing)
     return out
