@@ -60,6 +60,8 @@ def test_bad_weights_file_is_an_input_error(tmp_path):
         build_backbone("resnet18", 8, pretrained_path=tmp_path / "missing.pth")
     with pytest.raises(InputError, match="unknown backbone"):
         build_backbone("vgg16")
+    with pytest.raises(InputError, match="no pretrained weights"):
+        build_backbone("tiny", 8, pretrained_path=tmp_path / "r18.pth")
 
 
 def test_efficientnet_lite0_loads_the_package_weights_offline():

@@ -43,8 +43,10 @@ def build_backbone(name, stride=8, pretrained=False, pretrained_path=None):
     if stride not in STRIDES:
         raise InputError("classifier.stride", f"stride must be one of {STRIDES}, not {stride}")
     if name == "tiny":
-        if pretrained or pretrained_path:
-            raise InputError("classifier.pretrained", "the tiny backbone has no pretrained weights")
+        if pretrained_path:
+            raise InputError(pretrained_path, "the tiny backbone has no pretrained weights")
+        if pretrained:  # the schema's default is true (for resnet50): not an error here
+            log.info("tiny backbone: no pretrained weights exist, training from scratch")
         return TinyBackbone(stride)
     if name.startswith("resnet"):
         return ResNetBackbone(name, stride, pretrained, pretrained_path)
