@@ -79,10 +79,11 @@ def run_builtin(images, settings):
     best, retrieved, top, n_props, seconds, cpu = [], [], [], [], [], []
     for image_id, rgb, gt, void in images:
         t, c = time.perf_counter(), time.process_time()
-        counts = propose(rgb, settings, image_id).rle()
+        props = propose(rgb, settings, image_id)
+        counts = props.rle()
         seconds.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        b, r, t100 = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
+        b, r, t100 = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void, props.scores)
         best += b.tolist(); retrieved += r.tolist(); top += t100.tolist()
         n_props.append(len(counts))
     return {**summarise(best, retrieved, n_props, seconds, top),

@@ -24,10 +24,10 @@ Per image:
    found with sparse matrix products of the atom-membership matrix weighted by atom areas,
    each block of regions compared only with regions of compatible area.
 6. Each region gets an objectness score (`objectness`: contour contrast, compactness,
-   distance from the image border); proposals are ranked by it (ties: selective search's
-   hierarchy-level x random priority), then de-duplicated greedily in rank order (a
-   proposal whose IoU with a better-ranked kept one is >= `dedup_iou` is dropped) until
-   `max_proposals` are kept.
+   distance from the image border), stored as the proposal's score. Proposals are ranked by
+   objectness rank + selective search's (hierarchy level x random) rank (`select_and_rank`),
+   then de-duplicated greedily in rank order (a proposal whose IoU with a better-ranked kept
+   one is >= `dedup_iou` is dropped) until `max_proposals` are kept.
 7. Masks are written as COCO RLE straight from the atom representation (`members_to_rle`).
 
 Settings and measured quality/speed: `ProposalSettings`, config/schema.yaml (`proposals`),
@@ -88,8 +88,9 @@ class ProposalSettings:
 
 @dataclass
 class Proposals:
-    """Proposals of one image, best first. `members` [M, A] bool over `atoms` ([h, w] label
-    map at working resolution); masks at any resolution via `rle` / `masks`."""
+    """Proposals of one image in rank order (best first; `select_and_rank`) with their
+    objectness `scores`. `members` [M, A] bool over `atoms` ([h, w] label map at working
+    resolution); masks at image resolution via `rle` / `masks`."""
     members: np.ndarray
     scores: np.ndarray
     atoms: np.ndarray
@@ -543,14 +544,18 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
 
 
 def select_and_rank(score, priority, near, max_proposals):
-    """Indices of the kept candidates, best score first.
+    """Indices of the kept candidates in rank order (best first).
 
-    Selection (which `max_proposals` survive): candidates are visited in the order of
-    rank(score) + rank(selective search priority), and one whose IoU with an already kept one
-    is >= the dedup threshold (`near`) is dropped. Mixing in selective search's randomised
-    hierarchy-level order keeps regions of all sizes under a small cap (on voc-mini, ABO with
-    300 proposals 0.355 instead of 0.315 for selection by score alone). The kept proposals
-    are then ordered by score (ties: priority), which is what retrieval reads.
+    Rank: rank(score) + rank(selective search priority), ties by priority. Mixing in
+    selective search's randomised hierarchy-level order keeps regions of all sizes near the
+    top, which matters because retrieval reads only the first `top_proposals` (100 by
+    default). Measured on 30 voc-mini train images with the first 100 proposals: ABO 0.26
+    instead of 0.19 when ranking by score alone, and the WISE rule (highest score among the
+    proposals covering a point) 0.19 instead of 0.14 mean IoU; with all 2000, identical.
+    So scores do not decrease strictly along the ranking: the score is the objectness, the
+    rank also weighs diversity.
+    Selection: candidates are visited in rank order; one whose IoU with an already kept one
+    is >= the dedup threshold (`near`) is dropped, until `max_proposals` are kept.
     """
     order = np.lexsort((priority, -(rank01(score) + rank01(-priority))))
     kept = []
@@ -562,12 +567,11 @@ def select_and_rank(score, priority, near, max_proposals):
         if len(kept) >= max_proposals:
             break
         suppressed[near.indices[near.indptr[i]:near.indptr[i + 1]]] = True
-    kept = np.array(kept, np.int64)
-    return kept[np.lexsort((priority[kept], -score[kept]))]
+    return np.array(kept, np.int64)
 
 
 def propose(rgb, settings=ProposalSettings(), image_id=""):
-    """Mask proposals of one RGB uint8 image [H, W, 3], ranked best first (`Proposals`)."""
+    """Mask proposals of one RGB uint8 image [H, W, 3], best ranked first (`Proposals`)."""
     rgb = np.asarray(rgb)
     c = candidates(rgb, settings, image_id)
     score = objectness(c["cues"])

@@ -7,9 +7,9 @@ Figures, over the non-crowd GT instances of one split:
   abo_top100: the same over the first 100 proposals only (retrieval's default candidates).
 - recall@0.5 / recall@0.7: share of GT instances whose best IoU reaches 0.5 / 0.7.
 - point_retrieval_miou: for each GT instance, take one interior point (the maximum of its
-  distance transform, a stand-in for a well-placed peak) and the best-ranked proposal that
-  covers it (the highest objectness, what WISE retrieval keeps); mean IoU of that proposal.
-  It measures whether the objectness ranking is useful, not just whether a good mask exists.
+  distance transform, a stand-in for a well-placed peak) and the highest-scoring proposal
+  that covers it (WISE's rule: the highest objectness); mean IoU of that proposal. It
+  measures whether the objectness score is useful, not just whether a good mask exists.
 - proposals per image, generation seconds (wall clock) and CPU seconds per image (from the
   store's per-image attrs; wall clock depends on how busy the machine was).
 
@@ -71,23 +71,28 @@ def interior_points(gt_rles):
     return np.array(points, np.int64).reshape(-1, 2)
 
 
-def first_covering(proposal_rles, points):
-    """Index of the first (best-ranked) proposal covering each point, -1 if none."""
+def best_covering(proposal_rles, points, scores):
+    """Index of the highest-scoring proposal covering each point (the earlier one on ties),
+    -1 if none covers it."""
+    scores = np.asarray(scores, np.float64)
     out = np.full(len(points), -1, np.int64)
+    best = np.full(len(points), -np.inf)
     for start in range(0, len(proposal_rles), _DECODE_CHUNK):
-        todo = np.flatnonzero(out < 0)
-        if len(todo) == 0:
-            break
         chunk = mask_utils.decode(proposal_rles[start:start + _DECODE_CHUNK])  # [H, W, n]
-        hits = chunk[points[todo, 0], points[todo, 1], :].astype(bool)  # [points, n]
-        has = hits.any(1)
-        out[todo[has]] = start + np.argmax(hits[has], 1)
+        hits = chunk[points[:, 0], points[:, 1], :].astype(bool)  # [points, n]
+        value = np.where(hits, scores[start:start + hits.shape[1]][None, :], -np.inf)
+        arg = np.argmax(value, 1)
+        top = value[np.arange(len(points)), arg]
+        better = top > best
+        out[better] = start + arg[better]
+        best[better] = top[better]
     return out
 
 
-def image_figures(proposal_counts, gt_rles, height, width, void=None):
+def image_figures(proposal_counts, gt_rles, height, width, void=None, scores=None):
     """Per GT instance of one image (arrays of length G): best IoU with any proposal, IoU of
-    the best-ranked proposal covering its interior point, best IoU among the first TOP."""
+    the highest-scoring proposal covering its interior point (WISE's rule; `scores` None: the
+    best-ranked one), best IoU among the first TOP proposals."""
     if not gt_rles:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     p = _rles(proposal_counts, height, width)
@@ -95,7 +100,9 @@ def image_figures(proposal_counts, gt_rles, height, width, void=None):
     if len(p) == 0:
         return (np.zeros(len(gt_rles)),) * 3
     best = iou.max(0)
-    idx = first_covering(p, interior_points(gt_rles))
+    if scores is None:
+        scores = -np.arange(len(p), dtype=np.float64)
+    idx = best_covering(p, interior_points(gt_rles), scores)
     retrieved = np.where(idx >= 0, iou[np.maximum(idx, 0), np.arange(len(gt_rles))], 0.0)
     return best, retrieved, iou[:TOP].max(0)
 
@@ -160,7 +167,7 @@ def evaluate_store(proposals_path, gt_path):
             if (entry["height"], entry["width"]) != (h, w):
                 raise InputError(proposals_path, f"image {name!r} is {entry['height']}x"
                                  f"{entry['width']} in the store but {h}x{w} in {gt_path}")
-            b, ret, top = image_figures(entry["masks"], rles, h, w, void)
+            b, ret, top = image_figures(entry["masks"], rles, h, w, void, entry["scores"])
             best.extend(b.tolist())
             retrieved.extend(ret.tolist())
             best_top.extend(top.tolist())
