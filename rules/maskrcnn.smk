@@ -26,7 +26,10 @@ rule train_maskrcnn:
         f"{RUN}/benchmarks/train_maskrcnn.tsv"
     conda:
         "../envs/tag2mask.yaml"
-    threads: 4
+    # One torch thread by default: on a CPU shared with other jobs (or with the DataLoader
+    # workers), more intra-op threads made training several times slower here. A dedicated
+    # CPU node can raise it: snakemake --set-threads train_maskrcnn=8.
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=24 * 60,
@@ -55,7 +58,7 @@ rule predict:
         f"{RUN}/benchmarks/predict_{{split}}.tsv"
     conda:
         "../envs/tag2mask.yaml"
-    threads: 4
+    threads: 1  # as train_maskrcnn; --set-threads predict=N to change
     resources:
         mem_mb=8000,
         runtime=120,
