@@ -1,0 +1,123 @@
+"""Surviving SIGKILL: training resumes from its last checkpoint (at most one epoch lost) and
+finishes with the same number of epochs; a store writer killed mid-write leaves nothing that
+passes for complete."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import build_manifest
+from tag2mask import masks as mask_rle
+from tag2mask.manifest import read_manifest
+from tag2mask.store import StoreWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tag2mask.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run(*args):
+    proc = start(*args)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return out
+
+
+def kill_after_first_epoch(proc, log_path, timeout=120):
+    """SIGKILL `proc` once its log shows a finished epoch (so it is inside a later one)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log_path.exists() and log_path.read_text().strip():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no epoch finished before the process ended or {timeout} s passed")
+
+
+def epochs_in(log_path):
+    return [json.loads(line)["epoch"] for line in log_path.read_text().splitlines()]
+
+
+def test_train_classifier_resumes_after_sigkill(tmp_path):
+    manifest = build_manifest(tmp_path / "data", n_images=48, size=(64, 64))
+    out = tmp_path / "classifier"
+    config = json.dumps({"backbone": "tiny", "input_size": 64, "epochs": 4, "batch_size": 2,
+                         "num_workers": 0, "lr_schedule": "constant", "device": "cpu"})
+    args = ["train-classifier", "--manifest", str(manifest), "--config", config,
+            "--out-dir", str(out), "--threads", "1", "--no-progress"]
+    kill_after_first_epoch(start(*args), out / "log.jsonl")
+    assert not (out / "classifier.pt").exists(), "a killed run must not leave the final model"
+    done = len(epochs_in(out / "log.jsonl"))
+    assert done < 4
+
+    output = run(*args)
+    assert f"resuming from {out / 'last.pt'} after epoch {done}" in output
+    assert epochs_in(out / "log.jsonl") == [1, 2, 3, 4]
+    assert (out / "classifier.pt").exists()
+
+
+def test_train_maskrcnn_resumes_after_sigkill(tmp_path):
+    manifest_path = build_manifest(tmp_path / "data", n_images=24, size=(64, 64))
+    manifest = read_manifest(manifest_path)
+    store = tmp_path / "pseudo_masks.h5"
+    with StoreWriter(store, "pseudo_masks", manifest.classes) as w:
+        for i, r in enumerate(manifest.images):
+            m = np.zeros((1, 64, 64), bool)
+            m[0, 8 + i % 8:40, 10:44 - i % 6] = True
+            w.add(r.id, 64, 64, {"masks": mask_rle.encode(m), "labels": np.array([i % 3], np.int16),
+                                 "scores": np.ones(1, np.float32),
+                                 "boxes": mask_rle.boxes(mask_rle.encode(m), 64, 64),
+                                 "peak_index": np.zeros(1, np.int32),
+                                 "peak_yx": np.array([[20, 20]], np.float32)})
+    out = tmp_path / "maskrcnn"
+    config = json.dumps({"backbone": "tiny", "epochs": 3, "batch_size": 2, "min_size": [64],
+                         "max_size": 64, "num_workers": 0, "warmup_iters": 1, "device": "cpu",
+                         "fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 16,
+                         "mask_head_layers": 1, "anchor_sizes": [8, 16, 32, 64, 128],
+                         "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+                         "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
+                         "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 32})
+    args = ["train-maskrcnn", "--store", str(store), "--manifest", str(manifest_path),
+            "--config", config, "--out-dir", str(out), "--threads", "1", "--no-progress"]
+    kill_after_first_epoch(start(*args), out / "log.jsonl")
+    assert not (out / "model.pt").exists()
+    done = len(epochs_in(out / "log.jsonl"))
+    assert done < 3
+
+    output = run(*args)
+    assert f"resuming after epoch {done}" in output
+    assert epochs_in(out / "log.jsonl") == [1, 2, 3]
+    assert (out / "model.pt").exists()
+
+
+def test_store_writer_killed_mid_write_leaves_no_store(tmp_path):
+    out = tmp_path / "store.h5"
+    code = (
+        "import time, numpy as np\n"
+        "from tag2mask.store import StoreWriter\n"
+        f"with StoreWriter({str(out)!r}, 'peaks', ['a']) as w:\n"
+        "    for i in range(100000):\n"
+        "        w.add(f'img{i}', 8, 8, {'v': np.zeros(64)})\n"
+        "        if i == 50: print('writing', flush=True)\n"
+        "        time.sleep(0.001)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    leftovers = list(tmp_path.iterdir())
+    assert leftovers and all(p.name.startswith(".tmp-") for p in leftovers)
