@@ -360,8 +360,9 @@ def _cell(img, size, caption):
             f'<figcaption>{esc(caption)}</figcaption></figure>')
 
 
-def _na_cell(caption, reason):
-    return f'<figure class="missing"><div>{na(reason)}</div><figcaption>{esc(caption)}</figcaption></figure>'
+def _na_cell(caption, reason, size):
+    return (f'<figure class="missing"><div style="width:{size}px;height:{size}px">{na(reason)}'
+            f'</div><figcaption>{esc(caption)}</figcaption></figure>')
 
 
 def panels(inputs, manifest, options):
@@ -399,7 +400,7 @@ def panels(inputs, manifest, options):
                                  f"{len(yx)} peaks"))
             else:
                 row.append(_na_cell("peaks", inputs.peaks.why() if peaks is None
-                                    else "image not in the peaks store"))
+                                    else "image not in the peaks store", size))
             if pseudo is not None and rec.id in pseudo:
                 e = pseudo.read(rec.id, ["masks", "labels", "peak_yx"])
                 m = rle.decode(e["masks"], h, w)
@@ -410,7 +411,7 @@ def panels(inputs, manifest, options):
                                  f"{len(m)} pseudo masks"))
             else:
                 row.append(_na_cell("pseudo masks", inputs.pseudo_masks.why() if pseudo is None
-                                    else "image not in the pseudo-mask store"))
+                                    else "image not in the pseudo-mask store", size))
             row.append(_gt_cell(gt_train, rec, image, size, inputs.gt_train))
             out.append('<div class="row">' + "".join(row) + "</div>")
     finally:
@@ -441,7 +442,7 @@ def panels(inputs, manifest, options):
             row.append(_cell(overlay(image, m, [p["category_id"] - 1 for p in ps]), size,
                              f"{len(ps)} predictions"))
         else:
-            row.append(_na_cell("Mask R-CNN", inputs.predictions_val.why()))
+            row.append(_na_cell("Mask R-CNN", inputs.predictions_val.why(), size))
         row.append(_gt_cell(gt_val, rec, image, size, inputs.gt_val))
         out.append('<div class="row">' + "".join(row) + "</div>")
     return "\n".join(out)
@@ -449,9 +450,9 @@ def panels(inputs, manifest, options):
 
 def _gt_cell(index, rec, image, size, part):
     if index is None:
-        return _na_cell("ground truth", part.why())
+        return _na_cell("ground truth", part.why(), size)
     if rec.id not in index:
-        return _na_cell("ground truth", "image not in the ground truth")
+        return _na_cell("ground truth", "image not in the ground truth", size)
     counts, labels, h, w = index[rec.id]
     return _cell(overlay(image, rle.decode(counts, h, w), labels), size,
                  f"ground truth: {len(counts)} instances")
@@ -614,8 +615,8 @@ tr.total td{font-weight:bold}.na{color:#888;font-style:italic}
 .verdict.na{background:#eee;border:1px solid #bbb}
 .row{display:flex;flex-wrap:wrap;gap:8px;margin-bottom:10px}
 figure{margin:0;text-align:center}figure img{display:block;image-rendering:pixelated}
-figure.missing div{width:160px;height:100px;display:flex;align-items:center;
- justify-content:center;border:1px dashed #bbb;font-size:.8em;padding:4px}
+figure.missing div{display:flex;align-items:center;justify-content:center;box-sizing:border-box;
+ border:1px dashed #bbb;font-size:.8em;padding:6px;overflow-wrap:anywhere}
 figcaption{font-size:.75em;color:#555;max-width:220px}
 .chart{display:inline-block;margin:6px 12px 6px 0}
 svg .ct{font-size:13px;font-weight:bold}svg .tk{font-size:11px;fill:#444}
