@@ -291,7 +291,9 @@ def _color(i):
 
 
 def _class_color(c):
-    return _color(int(c) + 101)
+    """A fixed, well separated colour per class (the chart palette)."""
+    h = PALETTE[int(c) % len(PALETTE)].lstrip("#")
+    return np.array([int(h[k:k + 2], 16) for k in (0, 2, 4)], np.float32)
 
 
 def _outline(m):
@@ -303,22 +305,28 @@ def _outline(m):
     return m & ~inner
 
 
-def overlay(image, masks=(), labels=(), points=(), point_labels=()):
-    """uint8 RGB picture: masks tinted by instance with outlines in their class colour,
-    points drawn as crosses in their class colour."""
+def overlay(image, masks=(), labels=(), points=(), point_labels=(), size=None):
+    """RGB picture (PIL), scaled so its longest side is `size`: masks tinted by instance with
+    outlines in their class colour; points drawn (after scaling, so they stay visible) as
+    crosses in their class colour."""
     canvas = image.astype(np.float32)
     for k, (m, c) in enumerate(zip(masks, labels)):
-        canvas[m] = 0.5 * canvas[m] + 0.5 * _color(k)
+        canvas[m] = 0.55 * canvas[m] + 0.45 * _color(k)
         canvas[_outline(m)] = _class_color(c)
     img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    scale = 1.0
+    if size:
+        scale = size / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(img)
-    r = max(2, round(max(image.shape[:2]) / 60))
+    r = 5
     for (y, x), c in zip(points, point_labels):
+        x, y = (x + 0.5) * scale, (y + 0.5) * scale
         col = tuple(int(v) for v in _class_color(c))
-        draw.line([(x - r, y), (x + r, y)], fill=(0, 0, 0), width=3)
-        draw.line([(x, y - r), (x, y + r)], fill=(0, 0, 0), width=3)
-        draw.line([(x - r, y), (x + r, y)], fill=col, width=1)
-        draw.line([(x, y - r), (x, y + r)], fill=col, width=1)
+        for width, fill in ((5, (0, 0, 0)), (2, col)):
+            draw.line([(x - r, y), (x + r, y)], fill=fill, width=width)
+            draw.line([(x, y - r), (x, y + r)], fill=fill, width=width)
     return img
 
 
@@ -356,13 +364,15 @@ def _gt_index(part):
 
 
 def _cell(img, size, caption):
-    return (f'<figure><img src="{png_data_uri(img, size)}" alt="{esc(caption)}">'
+    return (f'<figure style="width:{size}px"><img src="{png_data_uri(img, size)}" '
+            f'alt="{esc(caption)}">'
             f'<figcaption>{esc(caption)}</figcaption></figure>')
 
 
 def _na_cell(caption, reason, size):
-    return (f'<figure class="missing"><div style="width:{size}px;height:{size}px">{na(reason)}'
-            f'</div><figcaption>{esc(caption)}</figcaption></figure>')
+    return (f'<figure class="missing" style="width:{size}px">'
+            f'<div style="width:{size}px;height:{size}px">{na(reason)}</div>'
+            f'<figcaption>{esc(caption)}</figcaption></figure>')
 
 
 def panels(inputs, manifest, options):
@@ -392,11 +402,13 @@ def panels(inputs, manifest, options):
         for rec in train:
             image = load_rgb(rec.path)
             h, w = image.shape[:2]
-            row = [_cell(Image.fromarray(image), size, f"{rec.id} ({', '.join(rec.labels)})")]
+            row = [_cell(overlay(image, size=size), size,
+                         f"{rec.id} ({', '.join(rec.labels)})")]
             if peaks is not None and rec.id in peaks:
                 e = peaks.read(rec.id, ["peak_class", "peak_yx"])
                 yx = np.asarray(e["peak_yx"]).reshape(-1, 2)
-                row.append(_cell(overlay(image, points=yx, point_labels=e["peak_class"]), size,
+                row.append(_cell(overlay(image, points=yx, point_labels=e["peak_class"],
+                                         size=size), size,
                                  f"{len(yx)} peaks"))
             else:
                 row.append(_na_cell("peaks", inputs.peaks.why() if peaks is None
@@ -407,7 +419,7 @@ def panels(inputs, manifest, options):
                 yx = np.asarray(e["peak_yx"]).reshape(-1, 2)
                 ok = np.isfinite(yx).all(1)
                 row.append(_cell(overlay(image, m, e["labels"], yx[ok],
-                                         np.asarray(e["labels"])[ok]), size,
+                                         np.asarray(e["labels"])[ok], size), size,
                                  f"{len(m)} pseudo masks"))
             else:
                 row.append(_na_cell("pseudo masks", inputs.pseudo_masks.why() if pseudo is None
@@ -435,11 +447,13 @@ def panels(inputs, manifest, options):
     for rec in val:
         image = load_rgb(rec.path)
         h, w = image.shape[:2]
-        row = [_cell(Image.fromarray(image), size, f"{rec.id} ({', '.join(rec.labels)})")]
+        row = [_cell(overlay(image, size=size), size,
+                     f"{rec.id} ({', '.join(rec.labels)})")]
         if inputs.predictions_val.available:
             ps = preds.get(manifest.coco_image_id(rec.id), [])
             m = rle.decode([p["segmentation"]["counts"] for p in ps], h, w)
-            row.append(_cell(overlay(image, m, [p["category_id"] - 1 for p in ps]), size,
+            row.append(_cell(overlay(image, m, [p["category_id"] - 1 for p in ps],
+                                     size=size), size,
                              f"{len(ps)} predictions"))
         else:
             row.append(_na_cell("Mask R-CNN", inputs.predictions_val.why(), size))
@@ -454,7 +468,7 @@ def _gt_cell(index, rec, image, size, part):
     if rec.id not in index:
         return _na_cell("ground truth", "image not in the ground truth", size)
     counts, labels, h, w = index[rec.id]
-    return _cell(overlay(image, rle.decode(counts, h, w), labels), size,
+    return _cell(overlay(image, rle.decode(counts, h, w), labels, size=size), size,
                  f"ground truth: {len(counts)} instances")
 
 
