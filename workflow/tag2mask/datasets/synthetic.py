@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import binary_dilation, binary_erosion
+from scipy.ndimage import binary_dilation
 from skimage.draw import polygon2mask
 from tqdm import tqdm
 
@@ -42,21 +42,29 @@ CLASSES = ("circle", "square", "triangle", "star", "ring", "cross")
 SPLIT_CODES = {"train": 0, "val": 1}  # part of each image's seed
 
 MAX_ROTATION = 25.0  # degrees either way from each shape's upright pose (config default)
-MIN_VISIBLE = 0.25  # an occluded instance keeps at least this share of its own area visible
+MIN_VISIBLE = 0.5  # an occluded instance keeps at least this share of its own area visible
 MIN_PIXELS_FRACTION = 0.002  # ... and at least this share of the image (20 px at 100x100)
 NEAR_PLACEMENT = 0.5  # chance that a new instance is placed against an existing one
 PLACEMENT_TRIES = 40
 IMAGE_TRIES = 20  # redraws of an image that ended with fewer than min_instances
 PALETTE_SIZE = 3
+# HSV saturation and value ranges of palette colours. Muted colours: a small CNN trained from
+# scratch on a few hundred images learns shapes under random vivid colours far more slowly
+# (colour invariance costs data), and muted colours still overlap fully between classes.
+PALETTE_SATURATION = (0.0, 0.4)
+PALETTE_VALUE = (0.2, 1.0)
 COLOUR_JITTER = 24.0  # per-channel std (0..255) when a palette colour is used
 PIXEL_NOISE = 7.0  # per-pixel std added to the finished image
 # texture strength (0 flat .. 1 two independent colours) and amount of each layer
-BACKGROUND_STRENGTH = (0.25, 0.6)
-CLUTTER_STRENGTH = (0.2, 0.7)
-CLUTTER_ITEMS = (1, 5)  # [low, high) per image
-OBJECT_STRENGTH = (0.5, 1.0)
-MIN_CONTRAST = 50.0  # RGB distance between an object's edge colour and its surroundings
-FILL_TRIES = 8
+BACKGROUND_STRENGTH = (0.1, 0.35)
+BACKGROUND_SCALE = 3.0  # background texture periods are this many times the objects' ones
+CLUTTER_STRENGTH = (0.1, 0.4)
+CLUTTER_ITEMS = (0, 4)  # [low, high) per image
+OBJECT_STRENGTH = (0.4, 0.8)
+# luminance (0..255) between an object's mean and the median of a band just outside it;
+# the object is lighter or darker than its surroundings at random
+OBJECT_CONTRAST = (55.0, 90.0)
+LUMINANCE = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass
@@ -144,7 +152,8 @@ def _interpolation_weights(n, cells):
 
 def texture(rng, shape, scale):
     """A random mixing pattern in [0, 1] of `shape`: stripes, checks, noise or gradient.
-    Stripe and check periods are fractions of `scale` (the image side)."""
+    Stripe and check periods are fractions of `scale` (the image side, or a multiple of it
+    for coarser textures)."""
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
     angle = rng.uniform(0, math.pi)
     u = xx * math.cos(angle) + yy * math.sin(angle)
@@ -157,15 +166,16 @@ def texture(rng, shape, scale):
     if kind == 1:  # checks
         period = rng.uniform(0.05, 0.15) * scale
         return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float64)
-    if kind == 2:
-        return _smooth_noise(rng, shape, int(rng.integers(3, 12)))
+    if kind == 2:  # noise with cells of about 0.08-0.3 x scale
+        cells = max(1, round(max(shape) / (rng.uniform(0.08, 0.3) * scale)))
+        return _smooth_noise(rng, shape, cells)
     return (u - u.min()) / max(np.ptp(u), 1e-9)  # linear gradient
 
 
 def palette(rng):
     """PALETTE_SIZE random colours (float RGB 0..255) from one distribution for all uses."""
-    hsv = np.stack([rng.random(PALETTE_SIZE), rng.uniform(0.15, 1.0, PALETTE_SIZE),
-                    rng.uniform(0.2, 1.0, PALETTE_SIZE)], axis=1)
+    hsv = np.stack([rng.random(PALETTE_SIZE), rng.uniform(*PALETTE_SATURATION, PALETTE_SIZE),
+                    rng.uniform(*PALETTE_VALUE, PALETTE_SIZE)], axis=1)
     return 255.0 * _hsv_to_rgb(hsv)
 
 
@@ -209,53 +219,52 @@ def paint(rng, img, mask, colours, strength):
 
 
 def paint_object(rng, img, mask, colours):
-    """Paint an object with a textured fill whose edge stands out from what lies around it.
+    """Paint an object with a mildly textured fill that stands out from what lies around it.
 
-    Colours stay random and shared by all classes. A fill is redrawn (up to FILL_TRIES times,
-    then the most contrasting one is kept) when more than a quarter of the pixels just outside
-    the outline lie within MIN_CONTRAST of the mean colour just inside it (a percentile, not
-    the mean outside: on a two-colour surround the mean matches neither colour). So every
-    object is visible to a classifier without colour telling its class or separating it
-    globally."""
+    Colours stay random and shared by all classes; only the fill's brightness is shifted (the
+    same amount on R, G and B) so that its mean luminance lies OBJECT_CONTRAST above or below
+    (at random) the median luminance of a thin band just outside the outline. So every object
+    is visible by its local contrast, while over the dataset lighter and darker objects, on
+    lighter and darker backgrounds, leave no global colour or brightness threshold that
+    separates objects from background or tells a class."""
     box = _box(mask, 3)
     crop = mask[box]
-    inner = crop & ~binary_erosion(crop, iterations=2)
+    fill = textured_fill(rng, crop.shape, img.shape[0], colours, rng.uniform(*OBJECT_STRENGTH))
     outer = binary_dilation(crop, iterations=2) & ~crop
-    around = img[box][outer] if outer.any() else None
-    best, best_contrast = None, -1.0
-    for _ in range(FILL_TRIES):
-        fill = textured_fill(rng, crop.shape, img.shape[0], colours,
-                             rng.uniform(*OBJECT_STRENGTH))
-        if around is None:
-            best = fill
-            break
-        distances = np.linalg.norm(around - fill[inner].mean(axis=0), axis=1)
-        contrast = float(np.percentile(distances, 25))
-        if contrast > best_contrast:
-            best, best_contrast = fill, contrast
-        if contrast >= MIN_CONTRAST:
-            break
-    img[box][crop] = best[crop]
+    if outer.any():
+        around = float(np.median(img[box][outer] @ LUMINANCE))
+        contrast = rng.uniform(*OBJECT_CONTRAST)
+        # lighter or darker at random, unless only one side leaves room within 0..255
+        sign = rng.choice([-1.0, 1.0])
+        if not 20 <= around + sign * contrast <= 235:
+            sign = -sign
+        fill += around + sign * contrast - float((fill[crop] @ LUMINANCE).mean())
+    img[box][crop] = fill[crop]
 
 
 # ---------------------------------------------------------------- background and clutter
 
 def background(rng, size, colours):
-    """Two subdued textures split by a smooth noise field, with clutter blobs and lines.
+    """Two subdued, coarse textures split by a smooth noise field, with a little clutter.
 
-    Same colours as the objects, but textures of lower contrast (BACKGROUND_STRENGTH), so
-    objects stand out by their form and texture, not by their colour."""
-    shape = (size, size)
-    img = textured_fill(rng, shape, size, colours, rng.uniform(*BACKGROUND_STRENGTH))
-    region = _smooth_noise(rng, shape, int(rng.integers(2, 5))) > rng.uniform(0.35, 0.65)
-    paint(rng, img, region, colours, BACKGROUND_STRENGTH)
+    Same colours as the objects, but textures of lower contrast (BACKGROUND_STRENGTH) and
+    larger periods (BACKGROUND_SCALE), so objects stand out by their outline against the
+    local background, not by their colour."""
+    shape, scale = (size, size), BACKGROUND_SCALE * size
+    img = textured_fill(rng, shape, scale, colours, rng.uniform(*BACKGROUND_STRENGTH))
+    region = _smooth_noise(rng, shape, int(rng.integers(2, 4))) > rng.uniform(0.35, 0.65)
+    if region.any():
+        box = _box(region, 0)
+        fill = textured_fill(rng, region[box].shape, scale, colours,
+                             rng.uniform(*BACKGROUND_STRENGTH))
+        img[box][region[box]] = fill[region[box]]
     for _ in range(rng.integers(*CLUTTER_ITEMS)):
         paint(rng, img, clutter_mask(rng, size), colours, CLUTTER_STRENGTH)
     return img
 
 
 def clutter_mask(rng, size):
-    """An irregular blob (thresholded local noise) or a thick line segment: no class shape."""
+    """A small irregular blob (thresholded local noise) or a thin line: no class shape."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     cx, cy = rng.uniform(0, size, 2)
     angle = rng.uniform(0, math.pi)
@@ -264,20 +273,20 @@ def clutter_mask(rng, size):
     if rng.random() < 0.5:
         # an elongated ellipse (far more than a stretched circle) with a strongly noisy edge:
         # lumpy, never a clean class shape
-        r = rng.uniform(0.025, 0.07) * size
-        aspect = rng.uniform(2.2, 4.0)
+        r = rng.uniform(0.012, 0.03) * size
+        aspect = rng.uniform(2.0, 3.5)
         d2 = (u / (r * aspect)) ** 2 + (v / r) ** 2
         noise = _smooth_noise(rng, (size, size), int(rng.integers(8, 18)))
         return d2 + 2.0 * (noise - 0.5) < 1.0
-    length = rng.uniform(0.2, 0.8) * size
-    width = rng.uniform(0.01, 0.04) * size
+    length = rng.uniform(0.2, 0.7) * size
+    width = rng.uniform(0.004, 0.01) * size  # half-width: 1-3 px lines at 128 px
     return (np.abs(u) <= length / 2) & (np.abs(v) <= width)
 
 
 # ---------------------------------------------------------------- one image
 
 def generate_image(seed, split, index, size=128, min_instances=1, max_instances=6,
-                   min_object_size=0.10, max_object_size=0.45, max_rotation=MAX_ROTATION):
+                   min_object_size=0.2, max_object_size=0.5, max_rotation=MAX_ROTATION):
     """One image with its instance masks and classes; depends only on the arguments."""
     rng = image_rng(seed, split, index)
     for _ in range(IMAGE_TRIES):
