@@ -85,3 +85,12 @@ def test_rle_boxes_and_area():
     counts = mask_rle.encode(m)
     np.testing.assert_array_equal(mask_rle.boxes(counts, 10, 12), [[3, 2, 9, 5], [0, 0, 0, 0]])
     np.testing.assert_array_equal(mask_rle.area(counts, 10, 12), [18, 0])
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    from tag2mask.atomic import write_json
+    write_json(tmp_path / "x.json", {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
