@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 from tag2mask import masks as rle  # noqa: E402
 from tag2mask.config import section_options  # noqa: E402
 from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest  # noqa: E402
-from tag2mask.maskrcnn import PseudoMaskDataset, build_model, collate, resolve_device  # noqa: E402
+from tag2mask.devices import resolve_device  # noqa: E402
+from tag2mask.maskrcnn import PseudoMaskDataset, build_model, collate  # noqa: E402
 from tag2mask.predict import configure, manifest_items, predict  # noqa: E402
 from tag2mask.train_maskrcnn import make_loader, train_one_epoch  # noqa: E402
 
@@ -128,7 +129,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     amp = device.type == "cuda"
     s = args.size
     options = section_options(json.dumps({

@@ -16,6 +16,17 @@ from tag2mask.manifest import Manifest, make_record, write_manifest  # noqa: E40
 VOC_MINI = Path(os.environ.get("TAG2MASK_VOC_MINI", REPO.parent / "shared/data/voc-mini"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests run torch on one thread: deterministic, and on a shared 2-core machine extra
+    threads only spin and wait (several times slower on the tiny models the tests use)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def repo():
     return REPO

@@ -8,14 +8,6 @@ from tag2mask.classifier import PeakClassifier
 from tag2mask.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads only spin and wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def out_shape(backbone, h=64, w=96):
     backbone.eval()

@@ -32,14 +32,6 @@ TINY = {"backbone": "tiny", "pretrained": False, "fpn_channels": 32,
         "box_detections_per_img": 20, "flip": True, "epochs": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads run the tiny model ~5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_options(**overrides):
     return section_options(json.dumps({**TINY, **overrides}), "maskrcnn")

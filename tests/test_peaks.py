@@ -17,14 +17,6 @@ from tag2mask.peaks_quality import peak_quality
 from tag2mask.store import StoreReader, StoreWriter
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads only spin and wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 ARRAYS = {  # name -> (dtype, trailing shape given P, K, map shape, C)
     "peak_class": np.int16, "peak_yx": np.float32, "peak_value": np.float32,
     "response_maps": np.float16, "response_argmax_yx": np.float32, "map_classes": np.int16,

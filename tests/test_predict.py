@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -13,13 +12,6 @@ from tag2mask.manifest import read_manifest
 from tag2mask.train_maskrcnn import train
 from test_maskrcnn import CLASSES, make_dataset, tiny_options
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

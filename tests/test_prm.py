@@ -12,14 +12,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads only spin and wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 class Block(nn.Module):
     """Residual block with a dilated depthwise conv."""
 

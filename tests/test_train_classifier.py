@@ -15,14 +15,6 @@ from tag2mask.train_classifier import average_precision, train_classifier
 CLASSES = ["bright", "dark"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads only spin and wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def blob_manifest(folder, n_train=12, n_val=6, size=32):
     """Grey noise images with a bright and/or a dark square: tags that a tiny CNN can learn."""

@@ -99,7 +99,7 @@ def test_tags_only_dataset_skips_evaluation(tmp_path):
 @pytest.mark.slow
 def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     run = tmp_path / "results/tiny"
-    snakemake(tmp_path, f"results/tiny/dataset/manifest.json")
+    snakemake(tmp_path, "results/tiny/dataset/manifest.json")
     gt_dir = run / "dataset/gt"
     saved = tmp_path / "gt-saved"
     shutil.copytree(gt_dir, saved)  # copytree keeps mtimes, so nothing upstream looks changed

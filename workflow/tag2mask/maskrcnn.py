@@ -233,13 +233,6 @@ def set_test_size(model, options):
     model.transform.min_size = (int(size),)
 
 
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("maskrcnn.device", "device 'cuda' requested but CUDA is not available")
-    return torch.device(name)
-
 
 # --------------------------------------------------------------------------- dataset
 

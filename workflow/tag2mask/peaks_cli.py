@@ -19,9 +19,9 @@ import torch
 
 from .classifier import load_classifier
 from .config import section_options
-from .errors import InputError
+from .devices import resolve_device
 from .manifest import read_manifest
-from .shards import shard_bounds
+from .shards import select_shard
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +43,6 @@ def add_command(sub):
     p.set_defaults(func=run_extract)
 
 
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("peaks.device", "cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def selected_images(manifest, options, shard=0, num_shards=1):
-    """(records of one shard, index of its first record in the whole selection)."""
-    unknown = [s for s in options["splits"] if s not in manifest.splits]
-    if unknown:
-        log.warning("peaks.splits %s: no such split in the manifest (it has %s)",
-                    unknown, manifest.splits)
-    records = [r for r in manifest.images if r.split in options["splits"]]
-    if not 0 <= shard < num_shards:
-        raise InputError("--shard", f"shard {shard} outside 0..{num_shards - 1}")
-    start, stop = shard_bounds(len(records), num_shards, shard)
-    return records[start:stop], start
 
 
 def run_extract(args):
@@ -71,11 +52,12 @@ def run_extract(args):
         torch.set_num_threads(args.threads)
     options = section_options(args.config, "peaks")
     manifest = read_manifest(args.manifest)
-    device = resolve_device(options["device"])
+    device = resolve_device(options["device"], "peaks.device")
     model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
     model.requires_grad_(False)  # only input gradients are needed
     input_size = options["input_size"] or meta["input_size"]
-    records, start = selected_images(manifest, options, args.shard, args.num_shards)
+    records, start = select_shard(manifest, options["splits"], args.shard, args.num_shards,
+                                  "peaks.splits")
     panel_indices = range(max(0, min(options["panels"] - start, len(records))))
     if args.panels is not None:
         args.panels.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ from .config import section_options
 from .errors import InputError
 from .images import ImageDecodeError, load_rgb
 from .manifest import read_manifest
-from .maskrcnn import collate, load_checkpoint, resolve_device, set_test_size
+from .devices import resolve_device
+from .maskrcnn import collate, load_checkpoint, set_test_size
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def run(args):
         options["predict_batch_size"] = args.batch_size
     if args.device:
         options["device"] = args.device
-    device = resolve_device(options["device"])
+    device = resolve_device(options["device"], "maskrcnn.device")
     model.to(device)
     configure(model, options)
     results, infos, stats = predict(model, items, options, device, payload["class_names"],

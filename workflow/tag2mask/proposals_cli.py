@@ -25,7 +25,7 @@ from .images import load_rgb
 from .manifest import read_manifest
 from .proposals import ProposalSettings, propose
 from .proposals_import import write_imported
-from .shards import shard_items
+from .shards import select_shard
 from .store import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,6 @@ def add_command(sub):
     p.add_argument("--out", required=True, type=Path, help="the proposals store (.h5)")
     p.set_defaults(func=run_propose)
 
-
-def selected_images(manifest, options, shard=0, num_shards=1):
-    """The manifest images of the configured splits (manifest order), cut to one shard."""
-    unknown = [s for s in options["splits"] if s not in manifest.splits]
-    if unknown:
-        log.warning("proposals.splits %s: no such split in the manifest (it has %s)",
-                    unknown, manifest.splits)
-    records = [r for r in manifest.images if r.split in options["splits"]]
-    if not 0 <= shard < num_shards:
-        raise InputError("--shard", f"shard {shard} outside 0..{num_shards - 1}")
-    return shard_items(records, num_shards, shard)
 
 
 def write_generated(records, options, writer):
@@ -85,7 +74,8 @@ def store_writer(out, manifest, options, method, shard, num_shards):
 def run_propose(args):
     options = section_options(args.config, "proposals")
     manifest = read_manifest(args.manifest)
-    records = selected_images(manifest, options, args.shard, args.num_shards)
+    records, _ = select_shard(manifest, options["splits"], args.shard, args.num_shards,
+                              "proposals.splits")
     with store_writer(args.out, manifest, options, options["method"], args.shard,
                       args.num_shards) as w:
         if options["method"] == "external":

@@ -185,10 +185,11 @@ def write_imported(records, all_records, options, json_path, writer):
 def run(args):
     from .config import section_options
     from .manifest import read_manifest
-    from .proposals_cli import selected_images, store_writer
+    from .proposals_cli import store_writer
+    from .shards import select_shard
 
     options = section_options(args.config, "proposals")
     manifest = read_manifest(args.manifest)
-    records = selected_images(manifest, options)
+    records, _ = select_shard(manifest, options["splits"], 0, 1, "proposals.splits")
     with store_writer(args.out, manifest, options, "external", 0, 1) as w:
         write_imported(records, manifest.images, options, args.json, w)

@@ -30,6 +30,7 @@ from . import masks as rle
 from .errors import InputError
 from .images import load_rgb
 from .manifest import read_manifest
+from .panels import outline
 from .store import StoreReader
 
 log = logging.getLogger(__name__)
@@ -296,14 +297,6 @@ def _class_color(c):
     return np.array([int(h[k:k + 2], 16) for k in (0, 2, 4)], np.float32)
 
 
-def _outline(m):
-    inner = m.copy()
-    inner[1:] &= m[:-1]
-    inner[:-1] &= m[1:]
-    inner[:, 1:] &= m[:, :-1]
-    inner[:, :-1] &= m[:, 1:]
-    return m & ~inner
-
 
 def overlay(image, masks=(), labels=(), points=(), point_labels=(), size=None):
     """RGB picture (PIL), scaled so its longest side is `size`: masks tinted by instance with
@@ -312,7 +305,7 @@ def overlay(image, masks=(), labels=(), points=(), point_labels=(), size=None):
     canvas = image.astype(np.float32)
     for k, (m, c) in enumerate(zip(masks, labels)):
         canvas[m] = 0.55 * canvas[m] + 0.45 * _color(k)
-        canvas[_outline(m)] = _class_color(c)
+        canvas[outline(m)] = _class_color(c)
     img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     scale = 1.0
     if size:

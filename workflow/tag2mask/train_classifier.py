@@ -35,6 +35,7 @@ from .atomic import atomic_path, write_text
 from .classifier import (FORMAT, VERSION, build_classifier, classifier_meta, read_checkpoint,
                          save_classifier)
 from .config import digest, section_options
+from .devices import resolve_device
 from .errors import InputError
 from .images import load_rgb
 from .manifest import read_manifest
@@ -106,13 +107,6 @@ def average_precision(scores, targets):
         aps[c] = float(np.sum(recall_steps * tp_at / n_at))
     return aps
 
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("classifier.device", "cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def lr_factor(options):
@@ -210,7 +204,7 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
         raise InputError(manifest_path, "no images in the train split")
     if threads:
         torch.set_num_threads(threads)
-    device = resolve_device(options["device"])
+    device = resolve_device(options["device"], "classifier.device")
     use_amp = options["amp"] and device.type == "cuda"
     epochs = options["epochs"]
 

@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, write_text
 from .config import digest, section_options
+from .devices import resolve_device
 from .errors import InputError
 from .manifest import read_manifest
 from .maskrcnn import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, EpochSampler, PseudoMaskDataset,
-                       build_model, collate, resolve_device)
+                       build_model, collate)
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def train(options, store_path, manifest_path, out_dir, progress=True):
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(manifest_path)
-    device = resolve_device(options["device"])
+    device = resolve_device(options["device"], "maskrcnn.device")
     amp = bool(options["amp"]) and device.type == "cuda"
     dataset = PseudoMaskDataset(store_path, manifest, options["empty_images"], options["flip"])
     if len(dataset) == 0:
