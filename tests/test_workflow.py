@@ -126,12 +126,55 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     # Nothing is left to do, and a retrieval setting reruns retrieval and what follows only.
     assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
     changed = {**TINY, "retrieval": {**TINY["retrieval"], "nms_iou": 0.5}}
-    jobs = set(dry_run_jobs_no_force(tmp_path, changed))
+    jobs = set(planned_jobs(tmp_path, config=changed))
     assert {"retrieve", "gather_pseudo_masks", "train_maskrcnn", "report"} <= jobs
-    assert not jobs & {"prepare_dataset", "train_classifier", "extract_peaks", "propose",
-                       "train_upper_bound"}, jobs
+    assert not jobs & BEFORE_RETRIEVAL, jobs
+
+    # A code change in the retrieval module reruns retrieval (rules carry a code digest).
+    copy = tmp_path / "checkout"
+    for part in ["Snakefile", "rules", "config", "workflow"]:
+        copy_tree(REPO / part, copy / part)
+    with open(copy / "workflow/tag2mask/retrieval.py", "a") as f:
+        f.write("\n# a code change\n")
+    jobs = set(planned_jobs(tmp_path, "-s", str(copy / "Snakefile")))
+    assert {"retrieve", "gather_pseudo_masks", "train_maskrcnn"} <= jobs
+    assert not jobs & BEFORE_RETRIEVAL, jobs
+
+    # 4 shards give the same pseudo masks and metrics as 2 (bit-identical HDF5 arrays).
+    two = tmp_path / "two-shards.h5"
+    shutil.copy(run / "pseudo_masks/pseudo_masks.h5", two)
+    metrics = json.loads((run / "pseudo_masks/evaluation.json").read_text())
+    snakemake(tmp_path, "results/tiny/pseudo_masks/evaluation.json", config={**TINY, "shards": 4})
+    assert len(list((run / "peaks/shards").glob("*.h5"))) >= 4
+    assert_same_arrays(two, run / "pseudo_masks/pseudo_masks.h5")
+    again = json.loads((run / "pseudo_masks/evaluation.json").read_text())
+    assert {k: again[k] for k in ("mAP@0.25", "mAP@0.5", "mAP@0.75", "ABO")} == \
+        {k: metrics[k] for k in ("mAP@0.25", "mAP@0.5", "mAP@0.75", "ABO")}
 
 
-def dry_run_jobs_no_force(workdir, config):
-    out = snakemake(workdir, "-n", config=config).stdout
+BEFORE_RETRIEVAL = {"prepare_dataset", "train_classifier", "extract_peaks", "propose",
+                    "train_upper_bound"}
+
+
+def planned_jobs(workdir, *args, config=None):
+    """Rules a plain dry run would execute (as the user would see with `snakemake -n`)."""
+    out = snakemake(workdir, "-n", *args, config=config).stdout
     return re.findall(r"^rule (\w+):", out, re.M)
+
+
+def copy_tree(src, dst):
+    if src.is_dir():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+
+
+def assert_same_arrays(a, b):
+    import numpy as np
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert sorted(fa["images"]) == sorted(fb["images"])
+        for key in fa["images"]:
+            for name in fa["images"][key]:
+                np.testing.assert_array_equal(fa["images"][key][name][()],
+                                              fb["images"][key][name][()], err_msg=key)

@@ -121,7 +121,11 @@ def lr_factor(options):
 
 
 def make_optimizer(model, options):
-    params = [p for p in model.parameters() if p.requires_grad]
+    # PRM fine-tunes the pretrained features at a fraction of the head's learning rate
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    params = [{"params": backbone, "lr": options["lr"] * options["backbone_lr_factor"]},
+              {"params": head, "lr": options["lr"]}]
     if options["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=options["lr"], momentum=options["momentum"],
                                weight_decay=options["weight_decay"])
@@ -257,7 +261,7 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
         items, sizes = epoch_plan(len(train), epoch, options)
         loader = DataLoader(train_set, batch_size=options["batch_size"], sampler=items,
                             **loader_args)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = optimizer.param_groups[-1]["lr"]  # the head's
         total, seen = 0.0, 0
         bar = tqdm(zip(loader, sizes), total=len(sizes), desc=f"epoch {epoch + 1}/{epochs}",
                    mininterval=2, leave=False, disable=not progress)
