@@ -25,8 +25,8 @@ rule train_classifier:
         "../envs/tag2mask.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=12 * 60,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 12 * 60 * attempt,
         gpu=int(CLASSIFIER["device"] == "cuda"),
     shell:
         "{params.cli} train-classifier --manifest {input.manifest:q} --config {params.options:q} "

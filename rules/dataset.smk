@@ -17,8 +17,8 @@ rule prepare_dataset:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
     shell:
         "{params.cli} prepare-dataset --config {params.options:q} --out-dir {params.out_dir:q} "
         "> {log:q} 2>&1"

@@ -31,8 +31,8 @@ rule train_maskrcnn:
     # CPU node can raise it: snakemake --set-threads train_maskrcnn=8.
     threads: 1
     resources:
-        mem_mb=16000,
-        runtime=24 * 60,
+        mem_mb=lambda wc, attempt: 16000 * attempt,
+        runtime=lambda wc, attempt: 24 * 60 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
         "{params.cli} train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
@@ -60,8 +60,8 @@ rule predict:
         "../envs/tag2mask.yaml"
     threads: 1  # as train_maskrcnn; --set-threads predict=N to change
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
         "{params.cli} predict --checkpoint {input.model:q} --manifest {input.manifest:q} "

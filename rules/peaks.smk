@@ -29,8 +29,8 @@ rule extract_peaks:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(PEAKS["device"] == "cuda"),
     shell:
         "{params.cli} extract-peaks --manifest {input.manifest:q} "
@@ -52,8 +52,8 @@ rule gather_peaks:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 30 * attempt,
     shell:
         "{params.cli} gather --kind peaks --out {output:q} {input:q} > {log:q} 2>&1"
 
@@ -79,8 +79,8 @@ if HAS_GT and PEAKS_GT_SPLITS:
         conda:
             "../envs/tag2mask.yaml"
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=lambda wc, attempt: 4000 * attempt,
+            runtime=lambda wc, attempt: 30 * attempt,
         shell:
             "{params.cli} evaluate-peaks --peaks {input.peaks:q} --gt {input.gt:q} "
             "--out {output:q} > {log:q} 2>&1"

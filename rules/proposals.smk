@@ -34,8 +34,8 @@ rule propose:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
     shell:
         "{params.cli} propose --manifest {input.manifest:q} --config {params.options:q} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output:q} "
@@ -55,8 +55,8 @@ rule gather_proposals:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 30 * attempt,
     shell:
         "{params.cli} gather --kind proposals --out {output:q} {input:q} > {log:q} 2>&1"
 
@@ -83,8 +83,8 @@ if HAS_GT and PROPOSAL_GT_SPLITS:
         conda:
             "../envs/tag2mask.yaml"
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=lambda wc, attempt: 4000 * attempt,
+            runtime=lambda wc, attempt: 30 * attempt,
         shell:
             "{params.cli} evaluate-proposals --proposals {input.proposals:q} "
             "--gt {params.gt:q} --out {output:q} > {log:q} 2>&1"

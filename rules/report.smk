@@ -35,8 +35,8 @@ if HAS_GT:
         conda:
             "../envs/tag2mask.yaml"
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=lambda wc, attempt: 4000 * attempt,
+            runtime=lambda wc, attempt: 30 * attempt,
         shell:
             "{params.cli} evaluate --gt {input.gt:q} --predictions {input.predictions:q} "
             "--manifest {input.manifest:q} --config {params.options:q} --out {output:q} "
@@ -114,8 +114,8 @@ rule report:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 30 * attempt,
     shell:
         "{params.cli} report --manifest {input.manifest:q} --out {output:q} "
         "--config {params.options:q} --run-name {params.run_name:q} "

@@ -29,8 +29,8 @@ rule retrieve:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
     shell:
         "{params.cli} retrieve --peaks {input.peaks:q} --proposals {input.proposals:q} "
         "--manifest {input.manifest:q} --config {params.options:q} --shard {wildcards.shard} "
@@ -51,7 +51,7 @@ rule gather_pseudo_masks:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 30 * attempt,
     shell:
         "{params.cli} gather --kind pseudo_masks --out {output:q} {input:q} > {log:q} 2>&1"

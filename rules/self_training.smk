@@ -43,8 +43,8 @@ rule self_training_masks:
     conda:
         "../envs/tag2mask.yaml"
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
     shell:
         "{params.cli} self-train-masks --predictions {input.predictions:q} "
         "--peaks {input.peaks:q} --previous {input.previous:q} --manifest {input.manifest:q} "
@@ -71,8 +71,8 @@ rule train_self_training:
         "../envs/tag2mask.yaml"
     threads: 4
     resources:
-        mem_mb=16000,
-        runtime=24 * 60,
+        mem_mb=lambda wc, attempt: 16000 * attempt,
+        runtime=lambda wc, attempt: 24 * 60 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
         "{params.cli} train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
@@ -100,8 +100,8 @@ rule predict_self_training:
         "../envs/tag2mask.yaml"
     threads: 4
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
         "{params.cli} predict --checkpoint {input.model:q} --manifest {input.manifest:q} "

@@ -29,8 +29,8 @@ if UPPER_BOUND:
         conda:
             "../envs/tag2mask.yaml"
         resources:
-            mem_mb=4000,
-            runtime=30,
+            mem_mb=lambda wc, attempt: 4000 * attempt,
+            runtime=lambda wc, attempt: 30 * attempt,
         shell:
             "{params.cli} gt-training-masks --gt {input.gt:q} --manifest {input.manifest:q} "
             "--out {output:q} > {log:q} 2>&1"
@@ -55,8 +55,8 @@ if UPPER_BOUND:
             "../envs/tag2mask.yaml"
         threads: 4
         resources:
-            mem_mb=16000,
-            runtime=24 * 60,
+            mem_mb=lambda wc, attempt: 16000 * attempt,
+            runtime=lambda wc, attempt: 24 * 60 * attempt,
             gpu=int(MASKRCNN["device"] == "cuda"),
         shell:
             "{params.cli} train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
@@ -83,8 +83,8 @@ if UPPER_BOUND:
             "../envs/tag2mask.yaml"
         threads: 4
         resources:
-            mem_mb=8000,
-            runtime=120,
+            mem_mb=lambda wc, attempt: 8000 * attempt,
+            runtime=lambda wc, attempt: 120 * attempt,
             gpu=int(MASKRCNN["device"] == "cuda"),
         shell:
             "{params.cli} predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
