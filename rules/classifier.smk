@@ -12,7 +12,6 @@ rule train_classifier:
         checkpoint=f"{RUN}/classifier/classifier.pt",
         log=f"{RUN}/classifier/log.jsonl",
     params:
-        cli=TAG2MASK,
         options=options("classifier"),
         out_dir=lambda w, output: os.path.dirname(output.checkpoint),
         code=code_digest("train_classifier", "classifier", "backbones", "peak_stimulation",
@@ -29,5 +28,5 @@ rule train_classifier:
         runtime=lambda wc, attempt: 12 * 60 * attempt,
         gpu=int(CLASSIFIER["device"] == "cuda"),
     shell:
-        "{params.cli} train-classifier --manifest {input.manifest:q} --config {params.options:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli train-classifier --manifest {input.manifest:q} --config {params.options:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --no-progress > {log:q} 2>&1"

@@ -24,12 +24,16 @@ if not HAS_GT:
     print("tag2mask: dataset kind 'tags' has no ground truth: evaluation stages are skipped",
           file=sys.stderr)
 
-# Stage commands run the package from this checkout, with the interpreter that runs
-# Snakemake (or the env's python under --sdm conda), so the code that runs is the code here.
+# Stage commands run the package from this checkout (\"$TAG2MASK_PYTHON\" -m tag2mask.cli), with
+# the interpreter that runs Snakemake (or the env's python under --sdm conda), so the code that
+# runs is the code here. Environment, not params: moving the checkout or the venv is no reason
+# to rerun anything (params are rerun triggers); jobs inherit it, on SLURM too.
 _CONDA = any(m.name == "CONDA" for m in workflow.deployment_settings.deployment_method)
-TAG2MASK = (
-    f'PYTHONPATH="{workflow.basedir}/workflow" '
-    f'{"python" if _CONDA else json.dumps(sys.executable)} -m tag2mask.cli'
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (f"{workflow.basedir}/workflow", os.environ.get("PYTHONPATH")) if p
+    ),
+    TAG2MASK_PYTHON="python" if _CONDA else sys.executable,
 )
 
 # A config section as JSON, passed to a stage as a param: changing it reruns that stage.

@@ -6,7 +6,6 @@ rule prepare_dataset:
         manifest=f"{DATA}/manifest.json",
         gt=expand(f"{DATA}/gt/{{split}}.json", split=GT_SPLITS),
     params:
-        cli=TAG2MASK,
         options=options("dataset"),
         out_dir=lambda w, output: os.path.dirname(output.manifest),
         code=code_digest("datasets", "manifest", "groundtruth", "images", "masks"),
@@ -20,5 +19,5 @@ rule prepare_dataset:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
     shell:
-        "{params.cli} prepare-dataset --config {params.options:q} --out-dir {params.out_dir:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli prepare-dataset --config {params.options:q} --out-dir {params.out_dir:q} "
         "> {log:q} 2>&1"

@@ -13,7 +13,6 @@ if HAS_GT:
         output:
             f"{RUN}/pseudo_masks/evaluation.json",
         params:
-            cli=TAG2MASK,
             options=options("evaluation"),
             code=code_digest("evaluation", "evaluate_cli", "store", "masks", "manifest"),
         log:
@@ -26,6 +25,6 @@ if HAS_GT:
             mem_mb=lambda wc, attempt: 4000 * attempt,
             runtime=lambda wc, attempt: 30 * attempt,
         shell:
-            "{params.cli} evaluate --gt {input.gt:q} --predictions {input.predictions:q} "
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluate --gt {input.gt:q} --predictions {input.predictions:q} "
             "--manifest {input.manifest:q} --config {params.options:q} --out {output:q} "
             "> {log:q} 2>&1"

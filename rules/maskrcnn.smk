@@ -16,7 +16,6 @@ rule train_maskrcnn:
         model=f"{RUN}/maskrcnn/model.pt",
         log=f"{RUN}/maskrcnn/log.jsonl",
     params:
-        cli=TAG2MASK,
         options=options("maskrcnn"),
         out_dir=lambda w, output: os.path.dirname(output.model),
         code=code_digest("train_maskrcnn", *_MASKRCNN_CODE),
@@ -35,7 +34,7 @@ rule train_maskrcnn:
         runtime=lambda wc, attempt: 24 * 60 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
-        "{params.cli} train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
         "--out-dir {params.out_dir:q} --config {params.options:q} --threads {threads} "
         "--no-progress > {log:q} 2>&1"
 
@@ -49,7 +48,6 @@ rule predict:
     wildcard_constraints:
         split="train|val",
     params:
-        cli=TAG2MASK,
         options=options("maskrcnn"),
         code=code_digest("predict", *_MASKRCNN_CODE),
     log:
@@ -64,7 +62,7 @@ rule predict:
         runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
-        "{params.cli} predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
         "--split {wildcards.split} --out {output:q} --config {params.options:q} "
         "--threads {threads} --no-progress > {log:q} 2>&1"
 

@@ -17,7 +17,6 @@ rule extract_peaks:
     wildcard_constraints:
         shard=r"\d+",
     params:
-        cli=TAG2MASK,
         options=options("peaks"),
         num_shards=len(SHARDS),
         code=_PEAKS_CODE,
@@ -33,7 +32,7 @@ rule extract_peaks:
         runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(PEAKS["device"] == "cuda"),
     shell:
-        "{params.cli} extract-peaks --manifest {input.manifest:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli extract-peaks --manifest {input.manifest:q} "
         "--checkpoint {input.checkpoint:q} --config {params.options:q} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output.store:q} "
         "--panels {output.panels:q} --threads {threads} --no-progress > {log:q} 2>&1"
@@ -45,7 +44,6 @@ rule gather_peaks:
     output:
         f"{RUN}/peaks/peaks.h5",
     params:
-        cli=TAG2MASK,
         code=code_digest("gather_cli", "store"),
     log:
         f"{RUN}/logs/gather_peaks.log",
@@ -55,7 +53,7 @@ rule gather_peaks:
         mem_mb=lambda wc, attempt: 2000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     shell:
-        "{params.cli} gather --kind peaks --out {output:q} {input:q} > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli gather --kind peaks --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 # GT of the splits that have peaks (evaluation only)
@@ -70,7 +68,6 @@ if HAS_GT and PEAKS_GT_SPLITS:
         output:
             f"{RUN}/peaks/quality.json",
         params:
-            cli=TAG2MASK,
             code=code_digest("peaks_quality", "train_classifier", "store", "masks"),
         log:
             f"{RUN}/logs/evaluate_peaks.log",
@@ -82,7 +79,7 @@ if HAS_GT and PEAKS_GT_SPLITS:
             mem_mb=lambda wc, attempt: 4000 * attempt,
             runtime=lambda wc, attempt: 30 * attempt,
         shell:
-            "{params.cli} evaluate-peaks --peaks {input.peaks:q} --gt {input.gt:q} "
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluate-peaks --peaks {input.peaks:q} --gt {input.gt:q} "
             "--out {output:q} > {log:q} 2>&1"
 
 

@@ -23,7 +23,6 @@ rule propose:
     wildcard_constraints:
         shard=r"\d+",
     params:
-        cli=TAG2MASK,
         options=options("proposals"),
         num_shards=len(SHARDS),
         code=_PROPOSALS_CODE,
@@ -37,7 +36,7 @@ rule propose:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 120 * attempt,
     shell:
-        "{params.cli} propose --manifest {input.manifest:q} --config {params.options:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli propose --manifest {input.manifest:q} --config {params.options:q} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output:q} "
         "> {log:q} 2>&1"
 
@@ -48,7 +47,6 @@ rule gather_proposals:
     output:
         f"{RUN}/proposals/proposals.h5",
     params:
-        cli=TAG2MASK,
         code=code_digest("gather_cli", "store"),
     log:
         f"{RUN}/logs/gather_proposals.log",
@@ -58,7 +56,7 @@ rule gather_proposals:
         mem_mb=lambda wc, attempt: 2000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     shell:
-        "{params.cli} gather --kind proposals --out {output:q} {input:q} > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli gather --kind proposals --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 # GT of the splits that have proposals (pseudo masks are made for train images)
@@ -73,7 +71,6 @@ if HAS_GT and PROPOSAL_GT_SPLITS:
         output:
             f"{RUN}/proposals/quality.json",
         params:
-            cli=TAG2MASK,
             gt=lambda w, input: [f"{s}={p}" for s, p in zip(PROPOSAL_GT_SPLITS, input.gt)],
             code=code_digest("proposals_quality", "store", "masks"),
         log:
@@ -86,7 +83,7 @@ if HAS_GT and PROPOSAL_GT_SPLITS:
             mem_mb=lambda wc, attempt: 4000 * attempt,
             runtime=lambda wc, attempt: 30 * attempt,
         shell:
-            "{params.cli} evaluate-proposals --proposals {input.proposals:q} "
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluate-proposals --proposals {input.proposals:q} "
             "--gt {params.gt:q} --out {output:q} > {log:q} 2>&1"
 
 

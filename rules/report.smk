@@ -25,7 +25,6 @@ if HAS_GT:
             model=r"maskrcnn|upper_bound|self_training/round_[1-9][0-9]*",
             split="train|val",
         params:
-            cli=TAG2MASK,
             options=options("evaluation"),
             code=code_digest("evaluation", "evaluate_cli", "store", "masks", "manifest"),
         log:
@@ -38,7 +37,7 @@ if HAS_GT:
             mem_mb=lambda wc, attempt: 4000 * attempt,
             runtime=lambda wc, attempt: 30 * attempt,
         shell:
-            "{params.cli} evaluate --gt {input.gt:q} --predictions {input.predictions:q} "
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluate --gt {input.gt:q} --predictions {input.predictions:q} "
             "--manifest {input.manifest:q} --config {params.options:q} --out {output:q} "
             "> {log:q} 2>&1"
 
@@ -99,7 +98,6 @@ rule report:
     output:
         f"{RUN}/report.html",
     params:
-        cli=TAG2MASK,
         options=options("report"),
         args=REPORT_ARGS,
         run_name=config["run_name"],
@@ -117,7 +115,7 @@ rule report:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     shell:
-        "{params.cli} report --manifest {input.manifest:q} --out {output:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli report --manifest {input.manifest:q} --out {output:q} "
         "--config {params.options:q} --run-name {params.run_name:q} "
         "--eval-split {params.eval_split} --classifier-log {params.classifier_log:q} "
         "--benchmarks {params.benchmarks:q} {params.args} > {log:q} 2>&1"

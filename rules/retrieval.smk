@@ -17,7 +17,6 @@ rule retrieve:
     wildcard_constraints:
         shard=r"\d+",
     params:
-        cli=TAG2MASK,
         options=options("retrieval"),
         num_shards=len(SHARDS),
         code=_RETRIEVAL_CODE,
@@ -32,7 +31,7 @@ rule retrieve:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
     shell:
-        "{params.cli} retrieve --peaks {input.peaks:q} --proposals {input.proposals:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli retrieve --peaks {input.peaks:q} --proposals {input.proposals:q} "
         "--manifest {input.manifest:q} --config {params.options:q} --shard {wildcards.shard} "
         "--num-shards {params.num_shards} --out {output.store:q} --panels {output.panels:q} "
         "--threads {threads} > {log:q} 2>&1"
@@ -44,7 +43,6 @@ rule gather_pseudo_masks:
     output:
         f"{RUN}/pseudo_masks/pseudo_masks.h5",
     params:
-        cli=TAG2MASK,
         code=code_digest("gather_cli", "store"),
     log:
         f"{RUN}/logs/gather_pseudo_masks.log",
@@ -54,4 +52,4 @@ rule gather_pseudo_masks:
         mem_mb=lambda wc, attempt: 2000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     shell:
-        "{params.cli} gather --kind pseudo_masks --out {output:q} {input:q} > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli gather --kind pseudo_masks --out {output:q} {input:q} > {log:q} 2>&1"

@@ -33,7 +33,6 @@ rule self_training_masks:
     output:
         f"{ST}/round_{{round}}/pseudo_masks.h5",
     params:
-        cli=TAG2MASK,
         options=options("self_training"),
         code=code_digest("self_training", "store", "masks", "manifest"),
     log:
@@ -46,7 +45,7 @@ rule self_training_masks:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
     shell:
-        "{params.cli} self-train-masks --predictions {input.predictions:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli self-train-masks --predictions {input.predictions:q} "
         "--peaks {input.peaks:q} --previous {input.previous:q} --manifest {input.manifest:q} "
         "--config {params.options:q} --out {output:q} > {log:q} 2>&1"
 
@@ -59,7 +58,6 @@ rule train_self_training:
         model=f"{ST}/round_{{round}}/model.pt",
         log=f"{ST}/round_{{round}}/log.jsonl",
     params:
-        cli=TAG2MASK,
         options=options("maskrcnn"),
         out_dir=lambda w, output: os.path.dirname(output.model),
         code=code_digest("train_maskrcnn", *_MASKRCNN_CODE),
@@ -75,7 +73,7 @@ rule train_self_training:
         runtime=lambda wc, attempt: 24 * 60 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
-        "{params.cli} train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
         "--out-dir {params.out_dir:q} --config {params.options:q} --threads {threads} "
         "--no-progress > {log:q} 2>&1"
 
@@ -89,7 +87,6 @@ rule predict_self_training:
     wildcard_constraints:
         split="train|val",
     params:
-        cli=TAG2MASK,
         options=options("maskrcnn"),
         code=code_digest("predict", *_MASKRCNN_CODE),
     log:
@@ -104,6 +101,6 @@ rule predict_self_training:
         runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
-        "{params.cli} predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
         "--split {wildcards.split} --out {output:q} --config {params.options:q} "
         "--threads {threads} --no-progress > {log:q} 2>&1"

@@ -20,7 +20,6 @@ if UPPER_BOUND:
         output:
             f"{UB}/gt_training_masks.h5",
         params:
-            cli=TAG2MASK,
             code=code_digest("upper_bound", "evaluation", "store", "masks", "manifest"),
         log:
             f"{RUN}/logs/gt_training_masks.log",
@@ -32,7 +31,7 @@ if UPPER_BOUND:
             mem_mb=lambda wc, attempt: 4000 * attempt,
             runtime=lambda wc, attempt: 30 * attempt,
         shell:
-            "{params.cli} gt-training-masks --gt {input.gt:q} --manifest {input.manifest:q} "
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli gt-training-masks --gt {input.gt:q} --manifest {input.manifest:q} "
             "--out {output:q} > {log:q} 2>&1"
 
     rule train_upper_bound:
@@ -43,7 +42,6 @@ if UPPER_BOUND:
             model=f"{UB}/model.pt",
             log=f"{UB}/log.jsonl",
         params:
-            cli=TAG2MASK,
             options=options("maskrcnn"),
             out_dir=lambda w, output: os.path.dirname(output.model),
             code=code_digest("train_maskrcnn", *_MASKRCNN_CODE),
@@ -59,7 +57,7 @@ if UPPER_BOUND:
             runtime=lambda wc, attempt: 24 * 60 * attempt,
             gpu=int(MASKRCNN["device"] == "cuda"),
         shell:
-            "{params.cli} train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
             "--out-dir {params.out_dir:q} --config {params.options:q} --threads {threads} "
             "--no-progress > {log:q} 2>&1"
 
@@ -72,7 +70,6 @@ if UPPER_BOUND:
         wildcard_constraints:
             split="train|val",
         params:
-            cli=TAG2MASK,
             options=options("maskrcnn"),
             code=code_digest("predict", *_MASKRCNN_CODE),
         log:
@@ -87,6 +84,6 @@ if UPPER_BOUND:
             runtime=lambda wc, attempt: 120 * attempt,
             gpu=int(MASKRCNN["device"] == "cuda"),
         shell:
-            "{params.cli} predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
             "--split {wildcards.split} --out {output:q} --config {params.options:q} "
             "--threads {threads} --no-progress > {log:q} 2>&1"
