@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .torchfiles import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,7 @@ def load_efficientnet_lite0_package(net, path):
 
 
 def _load_state_dict(path):
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, "weights file not found") from None
-    except Exception as e:  # unpickling errors come in many types
-        raise InputError(path, f"cannot read weights ({e})") from None
+    state = load_torch_file(path, "weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):

@@ -18,6 +18,7 @@ from .atomic import atomic_path
 from .backbones import build_backbone
 from .errors import InputError
 from .peak_stimulation import peak_stimulation
+from .torchfiles import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,7 @@ def save_classifier(path, model, options, epoch, extra_meta=None):
 
 def read_checkpoint(path):
     """A checkpoint dict, checked for format; InputError naming the file otherwise."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, "classifier checkpoint not found") from None
-    except Exception as e:  # unpickling errors come in many types
-        raise InputError(path, f"cannot read classifier checkpoint ({e})") from None
+    ckpt = load_torch_file(path, "classifier checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("version") != VERSION:
         raise InputError(path, f"not a {FORMAT} version {VERSION} checkpoint")
     return ckpt

@@ -35,6 +35,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from . import masks as rle
 from .errors import InputError
+from .torchfiles import load_torch_file
 from .images import load_rgb
 from .store import StoreReader
 
@@ -107,12 +108,7 @@ def _imagenet_state_dict(name, options):
     """ImageNet weights of a torchvision ResNet: the local file if given, else the download."""
     path = options.get("pretrained_path")
     if path:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise InputError(path, "pretrained weights file not found") from None
-        except Exception as e:  # a pickle or zip error: not a weights file we can read
-            raise InputError(path, f"cannot load pretrained weights ({e})") from None
+        state = load_torch_file(path, "pretrained weights file")
         return state.get("state_dict", state) if isinstance(state, dict) else state
     weights = {"resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
                "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1}[name]
@@ -370,12 +366,7 @@ def load_checkpoint(path, class_names=None, device="cpu"):
     """A trained model from a final checkpoint (model.pt): (model, payload).
 
     `class_names`, when given, must equal the checkpoint's class list (else InputError)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, "checkpoint not found") from None
-    except Exception as e:
-        raise InputError(path, f"not a readable checkpoint ({e})") from None
+    payload = load_torch_file(path, "Mask R-CNN checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"not a {CHECKPOINT_FORMAT} checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
