@@ -24,7 +24,7 @@ if not HAS_GT:
     print("tag2mask: dataset kind 'tags' has no ground truth: evaluation stages are skipped",
           file=sys.stderr)
 
-# Stage commands run the package from this checkout (\"$TAG2MASK_PYTHON\" -m tag2mask.cli), with
+# Stage commands run the package from this checkout ("$TAG2MASK_PYTHON" -m tag2mask.cli), with
 # the interpreter that runs Snakemake (or the env's python under --sdm conda), so the code that
 # runs is the code here. Environment, not params: moving the checkout or the venv is no reason
 # to rerun anything (params are rerun triggers); jobs inherit it, on SLURM too.
