@@ -104,6 +104,7 @@ rule report:
         eval_split=EVAL_SPLIT,
         classifier_log=f"{RUN}/classifier/log.jsonl",
         benchmarks=f"{RUN}/benchmarks",
+        shards=len(SHARDS),
         code=code_digest("report", "report_cli", "images", "store", "masks", "manifest"),
     log:
         f"{RUN}/logs/report.log",
@@ -118,7 +119,7 @@ rule report:
         "\"$TAG2MASK_PYTHON\" -m tag2mask.cli report --manifest {input.manifest:q} --out {output:q} "
         "--config {params.options:q} --run-name {params.run_name:q} "
         "--eval-split {params.eval_split} --classifier-log {params.classifier_log:q} "
-        "--benchmarks {params.benchmarks:q} {params.args} > {log:q} 2>&1"
+        "--benchmarks {params.benchmarks:q} --shards {params.shards} {params.args} > {log:q} 2>&1"
 
 
 REPORT_TARGET = f"{RUN}/report.html"

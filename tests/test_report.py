@@ -180,6 +180,10 @@ def test_benchmarks_grouping(tmp_path):
     st = read_benchmarks(tmp_path)
     assert st == {"retrieve": {"jobs": 3, "seconds": 7.0, "max": 4.0},
                   "report": {"jobs": 1, "seconds": 0.5, "max": 0.5}}
+    # a run with 2 shards ignores shard 2, left by an earlier run with 3
+    st = read_benchmarks(tmp_path, shards=2)
+    assert st["retrieve"] == {"jobs": 2, "seconds": 3.0, "max": 2.0}
+    assert st["report"]["jobs"] == 1
 
 
 def test_report_command(run_dir):

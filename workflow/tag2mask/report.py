@@ -83,6 +83,7 @@ class ReportInputs:
     upper_bound_log: Part = field(default_factory=Part)
     round_logs: dict = field(default_factory=dict)           # round -> Part
     benchmarks: Part = field(default_factory=Part)           # folder of Snakemake .tsv files
+    shards: int | None = None  # this run's shard count: older runs' extra shard files are stale
     peaks: Part = field(default_factory=Part)
     pseudo_masks: Part = field(default_factory=Part)
     predictions_val: Part = field(default_factory=Part)      # COCO results of Mask R-CNN on val
@@ -119,14 +120,20 @@ def read_jsonl(part):
     return out
 
 
-def read_benchmarks(folder):
+def read_benchmarks(folder, shards=None):
     """Stage -> {jobs, seconds (sum of the `s` column), max} from Snakemake benchmark files.
 
     Files of one sharded stage (e.g. peaks_0.tsv, peaks_1.tsv or peaks/3.tsv) are summed
-    into one stage (trailing shard numbers are dropped from the name)."""
+    into one stage (trailing shard numbers are dropped from the name). With `shards`, the
+    files of a sharded stage's folder (<stage>/<shard>.tsv) count only for shards below it:
+    the others were left by an earlier run with more shards."""
     stages = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "max": 0.0})
     folder = Path(folder)
     for path in sorted(folder.rglob("*.tsv")):
+        if (shards is not None and path.parent != folder and path.stem.isdigit()
+                and int(path.stem) >= shards):
+            log.info("%s: shard %s of an earlier run with more shards, ignored", path, path.stem)
+            continue
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         if not rows or "s" not in rows[0]:
@@ -531,10 +538,10 @@ def reference_table():
     return "\n".join(lines)
 
 
-def timing_section(part):
+def timing_section(part, shards=None):
     if not part.available:
         return "<p>" + na(part.why()) + "</p>"
-    stages = read_benchmarks(part.path)
+    stages = read_benchmarks(part.path, shards)
     if not stages:
         return "<p>" + na(f"no benchmark files in {part.path}") + "</p>"
     order = sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])
@@ -676,7 +683,7 @@ def build_report(inputs, options):
         "dataset, and protocols differ between codebases.</p>",
         reference_table(),
         "<h2>Stage wall times</h2>",
-        timing_section(inputs.benchmarks),
+        timing_section(inputs.benchmarks, inputs.shards),
         "<h2>Training curves</h2>",
         curves_section(inputs),
         "<h2>Pictures</h2>",

@@ -53,6 +53,9 @@ def add_command(sub):
         p.add_argument(f"--{opt}", type=Path, help=text)
     for opt, (_, text) in PER_ROUND.items():
         p.add_argument(f"--{opt}", action="append", default=[], metavar="R=PATH", help=text)
+    p.add_argument("--shards", type=int,
+                   help="the run's shard count: benchmark files of higher shards (left by an "
+                        "earlier run with more shards) are not counted")
     p.add_argument("--missing", action="append", default=[], metavar="PART=REASON",
                    help="why an input is not available (repeatable)")
     p.set_defaults(func=run)
@@ -72,7 +75,7 @@ def inputs_from_args(args):
         raise InputError("--missing", f"unknown part(s) {sorted(unknown)}; known: "
                                       f"{sorted(SINGLE) + sorted(PER_ROUND)}")
     inputs = ReportInputs(manifest=args.manifest, run_name=args.run_name,
-                          eval_split=args.eval_split)
+                          eval_split=args.eval_split, shards=args.shards)
     if "round-eval" in reasons:
         inputs.rounds_reason = reasons["round-eval"]
     for opt, (name, _) in SINGLE.items():
