@@ -8,8 +8,8 @@
 - an image with more than `max_image_pixels` pixels is either skipped (logged, counted) or
   replaced by a downscaled RGB copy under `<out_dir>/resized/`; the reader then resizes its
   ground-truth masks to the copy's size with `resize_labels` (nearest neighbour).
-JPEGs that are downscaled are decoded at reduced resolution (PIL's draft mode), so memory
-stays bounded by the size of the copy, not of the original.
+Downscaling decodes JPEGs at reduced resolution (PIL's draft mode) and PNGs a band of rows at
+a time (`large_images`), so memory stays bounded by the size of the copy, not of the original.
 """
 
 import logging
@@ -25,7 +25,8 @@ from PIL import Image
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from ..images import ImageDecodeError, to_rgb
+from ..images import ImageDecodeError
+from .large_images import downscaled_rgb
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,11 @@ class ImageChecker:
         w, h = img.size
         scale = math.sqrt(self.max_pixels / (w * h))
         nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
-        img.draft(None, (nw, nh))  # JPEG: decode at 1/2, 1/4 or 1/8 scale, not below (nw, nh)
-        _decode(img, path)
-        rgb, _ = to_rgb(img)
-        small = rgb.resize((nw, nh), Image.Resampling.LANCZOS)
-        out = self.out_dir / RESIZED_DIR / (urllib.parse.quote(str(image_id), safe="") + ".png")
+        small = downscaled_rgb(img, path, (nw, nh))  # memory bounded by the copy's size
+        # The size is part of the name: a later run with another max_image_pixels never
+        # overwrites a copy that an earlier manifest points to.
+        name = f"{urllib.parse.quote(str(image_id), safe='')}.{nw}x{nh}.png"
+        out = self.out_dir / RESIZED_DIR / name
         with atomic_path(out) as tmp:
             small.save(tmp, format="PNG")
         log.info("%s: %dx%d downscaled to %dx%d -> %s", path, w, h, nw, nh, out)
