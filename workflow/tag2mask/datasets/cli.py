@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..config import section_options
-from ..manifest import write_manifest
+from ..manifest import validate, write_manifest
 from . import READERS
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ def prepare(dataset_cfg, out_dir):
     limits = {k: dataset_cfg[k] for k in ("max_image_pixels", "large_images")}
     prepared = reader.read(dataset_cfg.get(kind, {}), Path(out_dir), limits)
     m = prepared.manifest
+    # Check before writing anything: a refused manifest must not leave new ground truth
+    # beside the previous run's manifest.
+    validate(m, Path(out_dir) / "manifest.json")
     for split, coco in prepared.ground_truth.items():
         rel = f"gt/{split}.json"
         write_json(Path(out_dir) / rel, coco, indent=None)
