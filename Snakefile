@@ -3,6 +3,9 @@
 #   snakemake --cores 8 --configfile config/voc.yaml    # another dataset
 # Every rule calls one `tag2mask` subcommand with explicit files; see README.md.
 
+import sys
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -11,6 +14,16 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+# The package's check first: its error is one line naming the key (snakemake's validate
+# prints the whole schema with it); snakemake's validate then fills in the defaults.
+sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not pip-installed
+from tag2mask.config import validate_config  # noqa: E402
+from tag2mask.errors import InputError  # noqa: E402
+
+try:
+    validate_config(config, where="workflow config")
+except InputError as e:
+    raise WorkflowError(str(e)) from None
 validate(config, "config/schema.yaml")
 
 
