@@ -82,7 +82,10 @@ def section_options(source, section):
         where = f"{section} options"
     else:
         whole = load_yaml(source)
-        options = whole.get(section, {}) if isinstance(whole, dict) else {}
+        # The whole file, not only this section: a misspelt section name would otherwise be
+        # ignored and the stage run with the defaults.
+        validate_config(whole, where=source)
+        options = whole.get(section, {})
         where = source
     schema = load_yaml(SCHEMA_PATH)
     validate_config({section: options}, where=where)
