@@ -15,8 +15,9 @@ from tag2mask import masks as mask_rle
 from tag2mask.errors import InputError
 from tag2mask.groundtruth import CocoBuilder
 from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
-from tag2mask.proposals import (ProposalSettings, iou_matrix, members_to_rle, near_duplicates,
-                                propose, select_and_rank, upsample_labels)
+from tag2mask.proposals import (ProposalSettings, coco_strings, distinct_rows, forest_members,
+                                hierarchical_grouping, iou_matrix, members_to_rle,
+                                near_duplicates, propose, select_and_rank, upsample_labels)
 from tag2mask.proposals_import import import_external, rle_string_counts
 from tag2mask.proposals_quality import best_overlaps, evaluate_store, image_figures
 from tag2mask.store import StoreReader, StoreWriter
@@ -129,6 +130,62 @@ def test_members_to_rle_matches_encode():
     members[1] = True  # full mask
     assert members_to_rle(members, labels) == mask_rle.encode(members[:, labels])
     assert members_to_rle(members[:0], labels) == []
+
+
+def test_members_to_rle_random_against_pycocotools():
+    # label maps with runs crossing columns, masks empty, full, or starting at pixel 0
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        h, w = rng.integers(1, 12, 2)
+        n = int(rng.integers(1, 6))
+        labels = rng.integers(0, n, (h, w))
+        if trial % 2:
+            labels[:, : w // 2] = n - 1
+        members = sparse.csr_matrix(rng.random((int(rng.integers(1, 8)), n)) < rng.random())
+        assert members_to_rle(members, labels) == mask_rle.encode(members.toarray()[:, labels])
+
+
+def test_coco_strings_match_pycocotools():
+    rng = np.random.default_rng(2)
+    counts = [[0, 5], [7], [3, 1, 2, 40, 1, 33, 2000, 1, 1], [0, 1, 1 << 30, 2, 70000]]
+    counts += [rng.integers(0, 10 ** int(rng.integers(1, 7)), int(rng.integers(1, 9))).tolist()
+               for _ in range(30)]
+    offsets = np.r_[0, np.cumsum([len(c) for c in counts])]
+    got = coco_strings(np.concatenate(counts), offsets)
+    for c, g in zip(counts, got):
+        ref = mask_utils.frPyObjects({"size": [1, int(sum(c))], "counts": [int(v) for v in c]},
+                                     1, int(sum(c)))
+        assert g == ref["counts"].decode("ascii")
+
+
+def test_forest_members_known_tree():
+    # 5 superpixels; merges: 5 = {0, 3}, 6 = {5, 1}, 7 = {2, 4}; two trees (6 and 7)
+    merges = np.array([[0, 3], [5, 1], [2, 4]])
+    m = forest_members(merges, 5)
+    assert m.has_sorted_indices
+    expected = np.eye(5, dtype=bool).tolist() + [
+        [1, 0, 0, 1, 0], [1, 1, 0, 1, 0], [0, 0, 1, 0, 1]]
+    np.testing.assert_array_equal(m.toarray(), np.array(expected, bool))
+
+
+def test_hierarchical_grouping_merges_most_similar_first():
+    # a 1 x 4 strip of superpixels: colours a a b b, so the two equal pairs merge first,
+    # then the two halves; colour similarity only
+    labels = np.array([[0, 0, 1, 1, 2, 2, 3, 3]])
+    colour = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    merges = hierarchical_grouping(labels, 4, colour, None, "C")
+    assert sorted(map(sorted, merges[:2].tolist())) == [[0, 1], [2, 3]]
+    assert sorted(merges[2].tolist()) == [4, 5]
+    # a disconnected adjacency graph (label 1 has no pixels): no merge, a forest of roots
+    assert len(hierarchical_grouping(np.array([[0, 0, 2]]), 3, colour[:3], None, "S")) == 1
+    assert len(hierarchical_grouping(np.array([[0, 0]]), 2, colour[:2], None, "SF")) == 0
+
+
+def test_distinct_rows_first_occurrence_order():
+    rows = np.array([[0, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 0], [0, 0, 0]], bool)
+    first, inverse = distinct_rows(sparse.csr_matrix(rows))
+    np.testing.assert_array_equal(first, [0, 1, 3])
+    np.testing.assert_array_equal(inverse, [0, 1, 0, 2, 1, 2])
 
 
 def test_upsample_labels_nearest():

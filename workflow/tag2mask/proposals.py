@@ -211,82 +211,124 @@ def boxes_of(labels, n):
 # hierarchical grouping
 
 
-def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix):
+def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, pairs=None, box=None):
     """Greedy grouping of adjacent regions by similarity `mix` (letters of "CTSF").
 
-    Returns members [2n-1, n] bool (rows 0..n-1 are the superpixels, row n+i the region made
-    by the i-th merge; fewer rows when the adjacency graph is disconnected).
+    Returns merges [m, 2] int64: region n+i is the union of regions merges[i] (regions
+    0..n-1 are the superpixels; m = n-1, fewer when the adjacency graph is disconnected).
+    `pairs` (adjacency) and `box` (boxes_of) may be passed in when several mixes group the
+    same over-segmentation.
     """
     total = labels.size
     size_m = 2 * n - 1
-    size = np.zeros(size_m)
-    size[:n] = np.bincount(labels.ravel(), minlength=n)
-    box = np.zeros((size_m, 4), np.int64)
-    box[:n] = boxes_of(labels, n)
+    size0 = np.bincount(labels.ravel(), minlength=n).astype(np.float64)
+    box0 = boxes_of(labels, n) if box is None else box
     use_c, use_t, use_s, use_f = (ch in mix for ch in "CTSF")
-    hc = np.zeros((size_m, colour_hist.shape[1])) if use_c else None
-    ht = np.zeros((size_m, texture_hist.shape[1])) if use_t else None
-    if use_c:
-        hc[:n] = colour_hist
-    if use_t:
-        ht[:n] = texture_hist
-    members = np.zeros((size_m, n), bool)
-    members[np.arange(n), np.arange(n)] = True
+    hists = []  # colour and/or texture histograms of all regions, filled as regions form
+    for use, h in ((use_c, colour_hist), (use_t, texture_hist)):
+        if use:
+            hists.append(np.zeros((size_m, h.shape[1])))
+            hists[-1][:n] = h
 
-    def similarity(i, js):  # region(s) i with regions js (i: one index or one per js)
+    def histogram_similarity(i, js):  # region(s) i with regions js: summed intersections
         s = np.zeros(len(js))
-        if use_c:
-            s += np.minimum(hc[i], hc[js]).sum(1)
-        if use_t:
-            s += np.minimum(ht[i], ht[js]).sum(1)
-        if use_s:
-            s += 1.0 - (size[i] + size[js]) / total
-        if use_f:
-            bh = np.maximum(box[i, 2], box[js, 2]) - np.minimum(box[i, 0], box[js, 0]) + 1
-            bw = np.maximum(box[i, 3], box[js, 3]) - np.minimum(box[i, 1], box[js, 1]) + 1
-            s += 1.0 - (bh * bw - size[i] - size[js]) / total
+        for h in hists:
+            s += np.minimum(h[i], h[js]).sum(1)
         return s
 
-    pairs, _ = adjacency(labels)
+    if pairs is None:
+        pairs, _ = adjacency(labels)
     neighbours = [set() for _ in range(size_m)]
     for a, b in pairs.tolist():
         neighbours[a].add(b)
         neighbours[b].add(a)
     heap = []
-    if len(pairs):
-        sims = similarity(pairs[:, 0], pairs[:, 1])
-        heap = [(-s, int(a), int(b)) for s, (a, b) in zip(sims, pairs.tolist())]
+    if len(pairs):  # all initial pairs at once (numpy); the same formulas as in the loop
+        a, b = pairs[:, 0], pairs[:, 1]
+        sims = histogram_similarity(a, b)
+        if use_s:
+            sims += 1.0 - (size0[a] + size0[b]) / total
+        if use_f:
+            ext = np.maximum(box0[a, 2:], box0[b, 2:]) - np.minimum(box0[a, :2], box0[b, :2]) + 1
+            sims += 1.0 - (ext[:, 0] * ext[:, 1] - size0[a] - size0[b]) / total
+        heap = list(zip((-sims).tolist(), a.tolist(), b.tolist()))
         heapq.heapify(heap)
-    alive = np.zeros(size_m, bool)
-    alive[:n] = True
+    # per-merge work is on few neighbours: sizes and boxes as Python numbers are faster
+    # there than numpy calls (and IEEE arithmetic gives the same values)
+    size = size0.tolist()
+    boxes = [tuple(r) for r in box0.tolist()]
+    alive = [True] * n + [False] * (size_m - n)
+    merges = []
     t = n
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        _, i, j = heapq.heappop(heap)
+        _, i, j = pop(heap)
         if not (alive[i] and alive[j]):
             continue
         alive[i] = alive[j] = False
         alive[t] = True
-        size[t] = size[i] + size[j]
-        wi, wj = size[i] / size[t], size[j] / size[t]
-        if use_c:
-            hc[t] = wi * hc[i] + wj * hc[j]
-        if use_t:
-            ht[t] = wi * ht[i] + wj * ht[j]
-        box[t, :2] = np.minimum(box[i, :2], box[j, :2])
-        box[t, 2:] = np.maximum(box[i, 2:], box[j, 2:])
-        members[t] = members[i] | members[j]
-        nb = (neighbours[i] | neighbours[j]) - {i, j}
+        st = size[i] + size[j]
+        size.append(st)
+        wi, wj = size[i] / st, size[j] / st
+        for h in hists:
+            h[t] = wi * h[i] + wj * h[j]
+        bi, bj = boxes[i], boxes[j]
+        bt = (min(bi[0], bj[0]), min(bi[1], bj[1]), max(bi[2], bj[2]), max(bi[3], bj[3]))
+        boxes.append(bt)
+        merges.append((i, j))
+        nb = neighbours[i] | neighbours[j]
+        nb.discard(i)
+        nb.discard(j)
         for k in nb:
-            neighbours[k].discard(i)
-            neighbours[k].discard(j)
-            neighbours[k].add(t)
+            nk = neighbours[k]
+            nk.discard(i)
+            nk.discard(j)
+            nk.add(t)
         neighbours[t] = nb
         if nb:
-            js = np.fromiter(nb, np.int64, len(nb))
-            for s, k in zip(similarity(t, js).tolist(), js.tolist()):
-                heapq.heappush(heap, (-s, t, k))
+            js = list(nb)
+            sims = (histogram_similarity(t, js).tolist() if hists else [0.0] * len(js))
+            for s, k in zip(sims, js):
+                if use_s:
+                    s += 1.0 - (st + size[k]) / total
+                if use_f:
+                    bk = boxes[k]
+                    joint = ((max(bt[2], bk[2]) - min(bt[0], bk[0]) + 1)
+                             * (max(bt[3], bk[3]) - min(bt[1], bk[1]) + 1))
+                    s += 1.0 - (joint - st - size[k]) / total
+                push(heap, (-s, t, k))
         t += 1
-    return members[:t]
+    return np.array(merges, np.int64).reshape(-1, 2)
+
+
+def forest_members(merges, n):
+    """Superpixels of every region of a merge forest (hierarchical_grouping's merges):
+    CSR bool [n + len(merges), n] with sorted indices.
+
+    Leaves are laid out in depth-first order, so every region's leaves are one contiguous
+    stretch of that order: a region's start is its parent's start (plus the left sibling's
+    leaf count for a right child)."""
+    m = len(merges)
+    total = n + m
+    leaves = np.ones(total, np.int64)
+    for t, (i, j) in enumerate(merges.tolist()):
+        leaves[n + t] = leaves[i] + leaves[j]
+    is_child = np.zeros(total, bool)
+    is_child[merges.ravel()] = True
+    roots = np.flatnonzero(~is_child)
+    start = np.zeros(total, np.int64)
+    start[roots] = np.cumsum(leaves[roots]) - leaves[roots]
+    for t in range(m - 1, -1, -1):  # parents before children
+        i, j = merges[t].tolist()
+        start[i] = start[n + t]
+        start[j] = start[n + t] + leaves[i]
+    order = np.empty(n, np.int64)
+    order[start[:n]] = np.arange(n)
+    indptr = np.r_[0, np.cumsum(leaves)]
+    indices = order[np.repeat(start - indptr[:-1], leaves) + np.arange(indptr[-1])]
+    out = sparse.csr_matrix((np.ones(len(indices), bool), indices, indptr), shape=(total, n))
+    out.sort_indices()
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,48 +379,79 @@ def near_duplicates(members, weights, threshold, block=256):
         rows.append(order[s + r[keep]])
         cols.append(order[lo + c[keep]])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
-    n = len(members)
+    n = members.shape[0]
     return sparse.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
 
 
 def members_to_rle(members, labels):
-    """COCO RLE counts strings of the masks members[m][labels] (labels [H, W] int) without
-    materialising them: run-length encode the label map once in column-major order; a mask
-    is then the set of label runs whose label it contains (a sparse product), and its own
-    runs are the stretches of consecutive label runs."""
+    """COCO RLE counts strings of the masks members[m][labels] (members [M, L] bool, dense or
+    sparse; labels [H, W] int < L) without materialising them.
+
+    In COCO's column-major pixel order a mask can only switch between in and out where the
+    label map does; such a change between labels a and b is a switch of mask m exactly when
+    one of a, b is in m. So the label changes are grouped by their label pair, a sparse
+    product finds the pairs each mask cuts, a second one (transposed to column order, which
+    sorts) lists each mask's switch positions in pixel order, and their differences are the
+    run lengths."""
     height, width = labels.shape
-    if len(members) == 0:
+    n_masks = members.shape[0]
+    if n_masks == 0:
         return []
+    m = sparse.csr_matrix(members, dtype=np.int8)
+    n_lab = m.shape[1]
     flat = labels.T.ravel()  # COCO RLE runs down columns
     n_pix = flat.size
-    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
-    run_label = flat[starts]
-    starts = np.r_[starts, n_pix]
-    select = sparse.csr_matrix((np.ones(len(run_label), np.int8),
-                                (run_label, np.arange(len(run_label)))),
-                               shape=(members.shape[1], len(run_label)))
-    inside = sparse.csr_matrix(members, dtype=np.int8) @ select  # [M, runs]
-    inside.sort_indices()
-    idx = inside.indices
-    row = np.repeat(np.arange(len(members)), np.diff(inside.indptr))
-    first = np.zeros(len(idx), bool)
-    first[inside.indptr[:-1][np.diff(inside.indptr) > 0]] = True
-    seg_start = first | np.r_[True, idx[1:] != idx[:-1] + 1]
-    seg_end = np.r_[seg_start[1:], True]
-    # boundaries of each mask: start, end, start, end, ... (pixel positions)
-    pos = np.empty(2 * int(seg_start.sum()), np.int64)
-    pos[0::2] = starts[idx[seg_start]]
-    pos[1::2] = starts[idx[seg_end] + 1]
-    bounds = 2 * np.searchsorted(row[seg_start], np.arange(len(members) + 1))
-    objs = []
-    for k in range(len(members)):
-        p = pos[bounds[k]:bounds[k + 1]]
-        if len(p) and p[-1] == n_pix:  # a mask reaching the last pixel ends without a 0 run
-            p = p[:-1]
-        counts = np.diff(np.concatenate([[0], p, [n_pix]]))
-        objs.append({"size": [height, width], "counts": counts.tolist()})
-    rles = mask_utils.frPyObjects(objs, height, width)
-    return [r["counts"].decode("ascii") for r in rles]
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # first pixel of each new label run
+    a, b = flat[change - 1].astype(np.int64), flat[change].astype(np.int64)
+    pair, pair_of_change = np.unique(np.minimum(a, b) * n_lab + np.maximum(a, b),
+                                     return_inverse=True)
+    n_pairs = len(pair)
+    ends = sparse.csr_matrix((np.r_[np.ones(n_pairs, np.int8), -np.ones(n_pairs, np.int8)],
+                              (np.r_[pair // n_lab, pair % n_lab], np.tile(np.arange(n_pairs), 2))),
+                             shape=(n_lab, n_pairs))
+    cut = m @ ends  # [M, pairs]: +-1 where exactly one label of the pair is in the mask
+    cut.eliminate_zeros()
+    cut.data[:] = 1
+    at = sparse.csr_matrix((np.ones(len(change), np.int8), (np.arange(len(change)),
+                                                             pair_of_change.ravel())),
+                           shape=(len(change), n_pairs))
+    switches = (at @ cut.T).tocsc()  # [changes, M]; CSC: each mask's switches in pixel order
+    n_sw = np.diff(switches.indptr)
+    starts_inside = m[:, flat[0]].toarray().ravel() != 0
+    # per mask the positions 0, (0 again if the first pixel is inside), switches..., n_pix;
+    # their differences are the COCO counts (which start with a run of zeros, maybe empty)
+    n_pos = n_sw + 2 + starts_inside
+    first = np.r_[0, np.cumsum(n_pos)]
+    pos = np.zeros(first[-1], np.int64)
+    mask_of = np.repeat(np.arange(n_masks), n_sw)
+    slot = (np.arange(switches.nnz) - np.repeat(switches.indptr[:-1], n_sw)
+            + (first[:-1] + 1 + starts_inside)[mask_of])
+    pos[slot] = change[switches.indices]
+    pos[first[1:] - 1] = n_pix
+    counts = np.delete(np.diff(pos), first[1:-1] - 1)  # drop differences across masks
+    return coco_strings(counts, np.r_[0, np.cumsum(n_pos - 1)])
+
+
+def coco_strings(counts, offsets):
+    """COCO compressed RLE strings of several masks at once: counts [N] of all masks
+    concatenated, mask k's being counts[offsets[k]:offsets[k+1]]. Vectorised rleToString of
+    pycocotools' maskApi.c: each count (minus the count two before it, from a mask's third
+    count on) as little-endian 5-bit groups, 0x20 set on all but the last group, plus 48."""
+    counts = np.asarray(counts, np.int64)
+    offsets = np.asarray(offsets, np.int64)
+    x = counts.copy()
+    later = np.flatnonzero(np.arange(len(counts)) - np.repeat(offsets[:-1], np.diff(offsets)) > 2)
+    x[later] -= counts[later - 2]
+    # groups needed: the value's significant bits plus a sign bit, 5 per group, at least one
+    y = np.where(x < 0, ~x, x)
+    n = np.ones(len(x), np.int64)
+    for g in range(1, 13):
+        n += y >= (1 << (5 * g - 1))
+    group = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    chars = ((np.repeat(x, n) >> (5 * group)) & 0x1F) + 0x20 * (group < np.repeat(n - 1, n)) + 48
+    bounds = np.r_[0, np.cumsum(n)][offsets]
+    text = chars.astype(np.uint8).tobytes().decode("ascii")
+    return [text[bounds[k]:bounds[k + 1]] for k in range(len(offsets) - 1)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -486,7 +559,7 @@ def image_seed(seed, image_id):
 
 def candidates(rgb, settings=ProposalSettings(), image_id=""):
     """All distinct regions of all hierarchies, with what ranking needs: a dict with members
-    [R, A] bool over atoms, atoms [h, w], atom_area [A], near (CSR IoU >= dedup_iou),
+    [R, A] (CSR bool over atoms), atoms [h, w], atom_area [A], near (CSR IoU >= dedup_iou),
     priority [R] (best selective-search priority over strategies), cues (dict of [R])."""
     img = working_image(rgb, settings.working_size)
     rng = np.random.default_rng(image_seed(settings.seed, image_id))
@@ -512,23 +585,27 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
     # one hierarchy per over-segmentation x similarity mix, in atom space
     rows, priority = [], []
     for s, (labels, (n, ch, th)) in enumerate(zip(segs, feats)):
+        pairs, _ = adjacency(labels)
+        box = boxes_of(labels, n)
+        to_atoms = sparse.csr_matrix((np.ones(n_atoms, bool), (atom_label[s],
+                                                                np.arange(n_atoms))),
+                                     shape=(n, n_atoms))
         for mix in settings.strategies:
-            members = hierarchical_grouping(labels, n, ch, th, mix)
-            rows.append(members[:, atom_label[s]])
+            merges = hierarchical_grouping(labels, n, ch, th, mix, pairs, box)
+            rows.append(forest_members(merges, n) @ to_atoms)
             # selective search ranking: hierarchy level (root = 1) x uniform random
-            level = np.arange(len(members), 0, -1, dtype=np.float64)
-            priority.append(level * rng.random(len(members)))
-    members = np.concatenate(rows)
+            level = np.arange(n + len(merges), 0, -1, dtype=np.float64)
+            priority.append(level * rng.random(len(level)))
+    members = sparse.vstack(rows, format="csr")
+    members.sort_indices()
     priority = np.concatenate(priority)
 
     # exact duplicates (same atoms): keep one row with the best priority
-    packed = np.packbits(members, axis=1)
-    _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
+    first, inverse = distinct_rows(members)
     best_priority = np.full(len(first), np.inf)
     np.minimum.at(best_priority, inverse, priority)
     members = members[first]
-    area = members.astype(np.float32) @ atom_area.astype(np.float32)
+    area = members @ atom_area
     keep = area >= settings.min_area * atoms.size
     members, best_priority = members[keep], best_priority[keep]
 
@@ -541,6 +618,38 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
     cues = region_cues(members, atom_area, edges, elen, econ, border_atoms)
     return {"members": members, "atoms": atoms, "atom_area": atom_area, "near": near,
             "priority": best_priority, "cues": cues}
+
+
+def distinct_rows(members):
+    """Distinct rows of CSR bool `members` (sorted indices): (first [D] the row index of each
+    one's first occurrence, ascending; inverse [R] each row's distinct row).
+
+    Rows are compared by a 64-bit hash (sum of random values of their columns, wrapping),
+    then hash-equal rows are checked to be equal; should two different rows ever share a
+    hash, the rows are compared in full instead."""
+    n_rows, n_cols = members.shape
+    nnz = np.diff(members.indptr)
+    values = np.random.default_rng(0).integers(0, 2 ** 63, n_cols, dtype=np.uint64) * 2 + 1
+    hashes = np.zeros(n_rows, np.uint64)
+    nonempty = nnz > 0
+    if members.nnz:
+        with np.errstate(over="ignore"):
+            hashes[nonempty] = np.add.reduceat(values[members.indices],
+                                               members.indptr[:-1][nonempty])
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    rep = first[inverse]
+    same = bool(np.all(nnz[rep] == nnz))
+    if same:
+        offset = np.arange(members.nnz) - np.repeat(members.indptr[:-1], nnz)
+        same = bool(np.all(members.indices == members.indices[
+            np.repeat(members.indptr[rep], nnz) + offset]))
+    if not same:  # a hash collision (unlikely): compare whole rows
+        packed = np.packbits(members.toarray(), axis=1)
+        _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.ravel()]
 
 
 def select_and_rank(score, priority, near, max_proposals):
@@ -576,5 +685,5 @@ def propose(rgb, settings=ProposalSettings(), image_id=""):
     c = candidates(rgb, settings, image_id)
     score = objectness(c["cues"])
     kept = select_and_rank(score, c["priority"], c["near"], settings.max_proposals)
-    return Proposals(c["members"][kept], score[kept].astype(np.float32), c["atoms"],
+    return Proposals(c["members"][kept].toarray(), score[kept].astype(np.float32), c["atoms"],
                      rgb.shape[0], rgb.shape[1])
