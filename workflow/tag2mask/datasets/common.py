@@ -2,7 +2,8 @@
 
 `ImageChecker.check(path, image_id)` opens one image and decides how the manifest records it:
 - a file that does not exist is an InputError (the dataset description is wrong);
-- a file that does not decode is a logged skip, counted in the stats;
+- a file that does not decode, or a JPEG whose structure is damaged (`jpeg_structure`), is a
+  logged skip, counted in the stats;
 - an image that is not 8-bit RGB (grayscale, CMYK, alpha, palette, 16-bit) is kept as it is
   (stage readers convert with `images.load_rgb`) and counted as `converted_to_rgb`;
 - an image with more than `max_image_pixels` pixels is either skipped (logged, counted) or
@@ -26,6 +27,7 @@ from PIL import Image
 from ..atomic import atomic_path
 from ..errors import InputError
 from ..images import ImageDecodeError
+from .jpeg_structure import jpeg_problem
 from .large_images import downscaled_rgb
 
 log = logging.getLogger(__name__)
@@ -132,11 +134,16 @@ class ImageChecker:
             if w <= 0 or h <= 0:
                 raise ImageDecodeError(path, f"bad image size {w}x{h}")
             converted = img.mode != "RGB"
-            if w * h > self.max_pixels:
-                if self.large_images == "skip":
-                    self.stats.skip(path, f"{w}x{h} = {w * h} pixels is more than "
-                                          f"max_image_pixels={self.max_pixels}")
-                    return None
+            too_large = w * h > self.max_pixels
+            if too_large and self.large_images == "skip":
+                self.stats.skip(path, f"{w}x{h} = {w * h} pixels is more than "
+                                      f"max_image_pixels={self.max_pixels}")
+                return None
+            # PIL decodes damaged JPEG data into grey or noise without an error
+            problem = jpeg_problem(path) if img.format == "JPEG" else None
+            if problem:
+                raise ImageDecodeError(path, f"cannot decode image ({problem})")
+            if too_large:
                 new_path, (nw, nh) = self._downscale(img, path, image_id)
                 self.stats.downscaled += 1
                 return CheckedImage(new_path, nw, nh, w, h)
