@@ -94,3 +94,79 @@ def test_outputs_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _ellipses(rng, n, h, w):
+    """n filled ellipses: masks whose RLE is as long as real instance masks'."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    c = rng.uniform((0, 0), (h, w), (n, 2))[:, :, None, None]
+    r = rng.uniform((10, 10), (h / 3, w / 3), (n, 2))[:, :, None, None]
+    return ((yy - c[:, 0]) / r[:, 0]) ** 2 + ((xx - c[:, 1]) / r[:, 1]) ** 2 <= 1
+
+
+def _pseudo_mask_entry(rng, n=5, h=375, w=500):
+    counts = mask_rle.encode(_ellipses(rng, n, h, w))
+    return {"masks": counts, "labels": rng.integers(0, 20, n).astype(np.int16),
+            "scores": rng.random(n).astype(np.float32), "boxes": mask_rle.boxes(counts, h, w),
+            "peak_index": np.arange(n, dtype=np.int32),
+            "peak_yx": rng.uniform(0, h, (n, 2)).astype(np.float32)}
+
+
+def test_pseudo_mask_store_is_no_larger_than_coco_results_json(tmp_path):
+    """The store holds more than a compact COCO results JSON with boxes and still is smaller
+    (per-object overhead used to make it 1.24x as large)."""
+    import json
+    rng = np.random.default_rng(0)
+    entries = {f"2008_{i:06d}": _pseudo_mask_entry(rng) for i in range(40)}
+    with StoreWriter(tmp_path / "s.h5", "pseudo_masks", [f"c{i}" for i in range(20)]) as w:
+        for image_id, arrays in entries.items():
+            w.add(image_id, 375, 500, arrays)
+    results = [{"image_id": i, "category_id": int(a["labels"][j]) + 1,
+                "segmentation": {"size": [375, 500], "counts": c},
+                "score": float(str(a["scores"][j])),
+                "bbox": [int(a["boxes"][j][0]), int(a["boxes"][j][1]),
+                         int(a["boxes"][j][2] - a["boxes"][j][0]),
+                         int(a["boxes"][j][3] - a["boxes"][j][1])]}
+               for i, a in enumerate(entries.values()) for j, c in enumerate(a["masks"])]
+    json_bytes = len(json.dumps(results, separators=(",", ":")))
+    assert (tmp_path / "s.h5").stat().st_size <= json_bytes
+    with StoreReader(tmp_path / "s.h5", "pseudo_masks") as r:  # and reads back the same
+        for image_id, arrays in entries.items():
+            e = r.read(image_id)
+            assert e["masks"] == arrays["masks"]
+            for name in ("labels", "scores", "boxes", "peak_index", "peak_yx"):
+                assert e[name].dtype == arrays[name].dtype
+                np.testing.assert_array_equal(e[name], arrays[name])
+
+
+def test_small_arrays_and_many_attrs_carry_no_reserved_space(tmp_path):
+    """Datasets' object headers hold no unused room, and 9 per-image attrs (as retrieval
+    writes) stay in the group's header instead of a heap + B-tree of their own."""
+    attrs = {"num_peaks": 5, "retrieval_status": "ok", "num_candidates": 15,
+             "num_valid_candidates": 9, "peaks_without_proposal": 0, "peaks_merged": 1}
+    sizes = {}
+    for name, extra in (("few", {}), ("many", attrs)):
+        with StoreWriter(tmp_path / f"{name}.h5", "pseudo_masks", ["a"]) as w:
+            for i in range(30):
+                w.add(f"img{i}", 375, 500, _pseudo_mask_entry(np.random.default_rng(i)), extra)
+        sizes[name] = (tmp_path / f"{name}.h5").stat().st_size
+    assert (sizes["many"] - sizes["few"]) / 30 < 6 * 60  # < 60 B per attr (dense: ~1.7 KB)
+    with h5py.File(tmp_path / "many.h5") as f:
+        g = f["images"]["img0"]
+        assert g.attrs["retrieval_status"] == "ok" and g.attrs["num_candidates"] == 15
+        for name in g:
+            assert h5py.h5o.get_info(g[name].id).hdr.space.free == 0, name
+
+
+def test_writers_can_be_open_together_and_a_failed_add_leaves_nothing(tmp_path):
+    with StoreWriter(tmp_path / "a.h5", "peaks", ["a"]) as wa, \
+            StoreWriter(tmp_path / "b.h5", "peaks", ["a"]) as wb:
+        wa.add("x", 2, 2, {"v": np.zeros(2)})
+        wb.add("x", 2, 2, {"v": np.ones(2)})
+        with pytest.raises(TypeError):
+            wa.add("y", 2, 2, {"v": np.array([object()])})  # h5py cannot store objects
+        wa.add("y", 2, 2, {"v": np.full(2, 7.0)})
+    with StoreReader(tmp_path / "a.h5") as ra, StoreReader(tmp_path / "b.h5") as rb:
+        assert sorted(ra.image_ids) == ["x", "y"]
+        assert ra.read("y")["v"].tolist() == [7.0, 7.0]
+        assert rb.read("x")["v"].tolist() == [1.0, 1.0]
