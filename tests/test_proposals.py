@@ -196,14 +196,16 @@ def test_upsample_labels_nearest():
 
 def test_near_duplicates_matches_brute_force():
     rng = np.random.default_rng(0)
-    base = rng.random((40, 60)) < 0.3
+    # sparse and dense rows: rows over half the total weight take the complement path
+    base = rng.random((40, 60)) < np.r_[np.full(20, 0.3), np.full(20, 0.85)][:, None]
     flips = rng.random((40, 60)) < 0.03
     members = np.concatenate([base, base ^ flips])  # 40 near-duplicate pairs
     weights = rng.integers(1, 5, 60).astype(float)
-    for t in (0.8, 0.9):
-        near = near_duplicates(members, weights, t).toarray()
-        brute = iou_matrix(members, members, weights) >= t
-        np.testing.assert_array_equal(near, brute)
+    for t in (0.5, 0.8, 0.9):
+        for m in (members, sparse.csr_matrix(members)):
+            near = near_duplicates(m, weights, t, block=16).toarray()
+            brute = iou_matrix(members, members, weights) >= t
+            np.testing.assert_array_equal(near, brute)
 
 
 # ---------------------------------------------------------------------------------------

@@ -125,14 +125,16 @@ def working_image(rgb, working_size):
     return rgb.astype(np.float64) / 255.0
 
 
-def to_colour_space(img, space):
-    """Channels of `img` (RGB float in [0, 1]) in colour space `space`, each scaled to [0, 1]."""
+def to_colour_space(img, space, lab=None):
+    """Channels of `img` (RGB float in [0, 1]) in colour space `space`, each scaled to [0, 1]
+    (`lab`: color.rgb2lab(img) if already computed)."""
     if space == "rgb":
         out = img
     elif space == "hsv":
         out = color.rgb2hsv(img)
     elif space == "lab":
-        out = (color.rgb2lab(img) + [0.0, 128.0, 128.0]) / [100.0, 255.0, 255.0]
+        out = ((color.rgb2lab(img) if lab is None else lab) + [0.0, 128.0, 128.0]) / [
+            100.0, 255.0, 255.0]
     elif space == "rgi":  # normalised r, g and intensity: invariant to shading
         s = img.sum(-1, keepdims=True) + 1e-6
         out = np.concatenate([img[..., :2] / s, img.mean(-1, keepdims=True)], -1)
@@ -158,13 +160,17 @@ def upsample_labels(labels, height, width):
 # region features and adjacency
 
 
-def region_histograms(labels, n, values, bins):
-    """Per-region L1-normalised histograms of `values` [H, W, K] in [0, 1]: [n, K*bins]."""
+def histogram_counts(labels, n, values, bins):
+    """Per-region histograms (pixel counts) of `values` [H, W, K] in [0, 1]: [n, K*bins]."""
     k = values.shape[-1]
     b = np.minimum((values * bins).astype(np.int64), bins - 1)
     idx = labels[..., None] * (k * bins) + np.arange(k) * bins + b
-    hist = np.bincount(idx.ravel(), minlength=n * k * bins).reshape(n, k * bins)
-    hist = hist.astype(np.float64)
+    return np.bincount(idx.ravel(), minlength=n * k * bins).reshape(n, k * bins)
+
+
+def normalised(counts):
+    """Histogram counts [n, D] -> L1-normalised float64 rows."""
+    hist = counts.astype(np.float64)
     return hist / np.maximum(hist.sum(1, keepdims=True), 1e-12)
 
 
@@ -356,30 +362,47 @@ def iou_matrix(a, b, weights):
     return inter / np.maximum(union, 1e-9)
 
 
-def near_duplicates(members, weights, threshold, block=256):
-    """Sparse symmetric matrix (CSR, bool) of pairs of rows with IoU >= threshold, the
-    diagonal included. Regions are sparse over atoms (most are small), so intersections are
-    sparse matrix products; and as IoU >= t needs area ratio >= t, after sorting by area each
-    block of rows is compared only with the rows in its area window."""
-    w = weights.astype(np.float32)
-    m = sparse.csr_matrix(members, dtype=np.float32)
-    area = m @ w
+def near_duplicates(members, weights, threshold, block=64):
+    """Sparse symmetric matrix (CSR, bool) of pairs of non-empty rows with IoU >= threshold,
+    the diagonal included.
+
+    Intersections are sparse matrix products of the rows (bool [R, A], dense or sparse) with
+    columns weighted. As IoU >= t needs area ratio >= t, after sorting by area each block of
+    rows is compared only with the rows in its area window. Rows covering more than half the
+    total weight enter the products as their complement (fewer columns), their intersection
+    recovered by inclusion-exclusion: large regions overlap each other, and intersecting them
+    directly is most of the work otherwise."""
+    w = weights.astype(np.float64)
+    m = sparse.csr_matrix(members, dtype=bool)
+    n = m.shape[0]
+    total = float(w.sum())
+    area = m.astype(np.float64) @ w
     order = np.argsort(area, kind="stable")
     a = area[order]
     m = m[order]
-    mw = m.multiply(w[None, :]).tocsr()
+    flip = a > total / 2  # a sorted: the last rows
+    if flip.any():
+        big = int(np.argmax(flip))
+        m = sparse.vstack([m[:big], sparse.csr_matrix(~m[big:].toarray())], format="csr")
+    r = m.astype(np.float32)
+    rw = r.multiply(w.astype(np.float32)[None, :]).tocsr()
+    stored = np.where(flip, total - a, a)  # area of the row as stored
     rows, cols = [], []
-    for s in range(0, len(a), block):
-        e = min(len(a), s + block)
+    for s in range(0, n, block):
+        e = min(n, s + block)
         lo = np.searchsorted(a, a[s] * threshold, "left")
         hi = np.searchsorted(a, a[e - 1] / threshold, "right")
-        inter = (mw[s:e] @ m[lo:hi].T).tocoo()
-        r, c = inter.row, inter.col
-        keep = inter.data >= threshold * (a[s + r] + a[lo + c] - inter.data)
-        rows.append(order[s + r[keep]])
-        cols.append(order[lo + c[keep]])
+        p = (rw[s:e] @ r[lo:hi].T).toarray().astype(np.float64)  # [block, window]
+        fi, fj = flip[s:e, None], flip[None, lo:hi]
+        ai, aj = a[s:e, None], a[None, lo:hi]
+        inter = np.where(fi & fj, total - stored[s:e, None] - stored[None, lo:hi] + p,
+                         np.where(fi, aj - p, np.where(fj, ai - p, p)))
+        # areas are sums of integer weights: exact; the test in float32 as iou_matrix's
+        union = (ai + aj - inter).astype(np.float32)
+        i, j = np.nonzero((inter > 0) & (inter.astype(np.float32) >= threshold * union))
+        rows.append(order[s + i])
+        cols.append(order[lo + j])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
-    n = members.shape[0]
     return sparse.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
 
 
@@ -562,34 +585,39 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
     [R, A] (CSR bool over atoms), atoms [h, w], atom_area [A], near (CSR IoU >= dedup_iou),
     priority [R] (best selective-search priority over strategies), cues (dict of [R])."""
     img = working_image(rgb, settings.working_size)
+    lab = color.rgb2lab(img)  # objectness's contrast; also the "lab" colour space
     rng = np.random.default_rng(image_seed(settings.seed, image_id))
 
-    # over-segmentations and the features of their superpixels, per colour space x scale
+    # over-segmentations, per colour space x scale
     use_colour = any("C" in mix for mix in settings.strategies)
     use_texture = any("T" in mix for mix in settings.strategies)
-    segs, feats = [], []
+    segs, seg_space, spaces = [], [], []
     for space in settings.colour_spaces:
-        cs = to_colour_space(img, space)
-        texture = texture_values(cs) if use_texture else None
+        cs = to_colour_space(img, space, lab)
+        spaces.append((cs, texture_values(cs) if use_texture else None))
         for k in settings.scales:
-            labels = felzenszwalb(cs, scale=k, sigma=settings.sigma, min_size=settings.min_size)
-            n = int(labels.max()) + 1
-            segs.append(labels)
-            feats.append((n,
-                          region_histograms(labels, n, cs, COLOUR_BINS) if use_colour else None,
-                          region_histograms(labels, n, texture, TEXTURE_BINS)
-                          if use_texture else None))
+            segs.append(felzenszwalb(cs, scale=k, sigma=settings.sigma,
+                                     min_size=settings.min_size))
+            seg_space.append(len(spaces) - 1)
     atoms, n_atoms, atom_label = overlay(segs)
     atom_area = np.bincount(atoms.ravel(), minlength=n_atoms).astype(np.float64)
+    # colour / texture histogram counts of the atoms once per colour space; a superpixel's
+    # are the sums over its atoms (integer counts: the same as counting its pixels)
+    atom_hists = [(histogram_counts(atoms, n_atoms, cs, COLOUR_BINS) if use_colour else None,
+                   histogram_counts(atoms, n_atoms, tex, TEXTURE_BINS) if use_texture else None)
+                  for cs, tex in spaces]
 
     # one hierarchy per over-segmentation x similarity mix, in atom space
     rows, priority = [], []
-    for s, (labels, (n, ch, th)) in enumerate(zip(segs, feats)):
+    for s, labels in enumerate(segs):
+        n = int(labels.max()) + 1
         pairs, _ = adjacency(labels)
         box = boxes_of(labels, n)
         to_atoms = sparse.csr_matrix((np.ones(n_atoms, bool), (atom_label[s],
                                                                 np.arange(n_atoms))),
                                      shape=(n, n_atoms))
+        ch, th = (None if c is None else normalised(to_atoms @ c)
+                  for c in atom_hists[seg_space[s]])
         for mix in settings.strategies:
             merges = hierarchical_grouping(labels, n, ch, th, mix, pairs, box)
             rows.append(forest_members(merges, n) @ to_atoms)
@@ -612,7 +640,7 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
     # near duplicates: IoU on the atom representation (matrix products)
     near = near_duplicates(members, atom_area, settings.dedup_iou)
 
-    edges, elen, econ = boundary_strength(color.rgb2lab(img), atoms, n_atoms)
+    edges, elen, econ = boundary_strength(lab, atoms, n_atoms)
     border_atoms = np.bincount(np.concatenate([atoms[0], atoms[-1], atoms[:, 0], atoms[:, -1]]),
                                minlength=n_atoms)
     cues = region_cues(members, atom_area, edges, elen, econ, border_atoms)
