@@ -48,6 +48,8 @@ def load_instances(path):
     categories = data["categories"]
     for i, c in enumerate(categories):
         _require(path, f"categories[{i}]", c, ("id", "name"))
+        _check(path, f"categories[{i}].id", c["id"], _is_int, "an integer")
+        _check(path, f"categories[{i}].name", c["name"], _is_name, "a non-empty string")
     categories = sorted(categories, key=lambda c: c["id"])
     ids = [c["id"] for c in categories]
     names = [c["name"] for c in categories]
@@ -60,6 +62,10 @@ def load_instances(path):
     image_ids = set()
     for i, im in enumerate(images):
         _require(path, f"images[{i}]", im, ("id", "file_name", "width", "height"))
+        _check(path, f"images[{i}].id", im["id"], _is_id, "an integer or a string")
+        _check(path, f"images[{i}].file_name", im["file_name"], _is_name, "a non-empty string")
+        for key in ("width", "height"):
+            _check(path, f"images[{i}].{key}", im[key], _is_size, "a positive integer")
         if im["id"] in image_ids:
             raise InputError(path, f"duplicate image id {im['id']}")
         image_ids.add(im["id"])
@@ -68,6 +74,11 @@ def load_instances(path):
     by_image = defaultdict(list)
     for i, a in enumerate(data["annotations"]):
         _require(path, f"annotations[{i}]", a, ("image_id", "category_id", "segmentation"))
+        _check(path, f"annotations[{i}].image_id", a["image_id"], _is_id,
+               "an integer or a string")
+        _check(path, f"annotations[{i}].category_id", a["category_id"], _is_int, "an integer")
+        _check(path, f"annotations[{i}].iscrowd", a.get("iscrowd", 0), lambda v: v in (0, 1),
+               "0 or 1")
         if a["image_id"] not in image_ids:
             raise InputError(path, f"annotation {a.get('id', i)} points to unknown image id "
                                    f"{a['image_id']}")
@@ -84,6 +95,27 @@ def _require(path, where, item, keys):
     missing = [k for k in keys if k not in item]
     if missing:
         raise InputError(path, f"{where} lacks key(s) {missing}")
+
+
+def _check(path, where, value, ok, expected):
+    if not ok(value):
+        raise InputError(path, f"{where} must be {expected}, not {value!r}")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_id(v):
+    return _is_int(v) or isinstance(v, str)
+
+
+def _is_name(v):
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _is_size(v):
+    return _is_int(v) and v > 0
 
 
 def annotation_mask(path, ann, height, width):
