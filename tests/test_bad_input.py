@@ -610,6 +610,17 @@ def edit(data, change):
     (lambda d: edit(d, lambda x: x["images"][0].pop("width")), "images[0] lacks key(s) ['width']"),
     (lambda d: edit(d, lambda x: x["annotations"][0].update(segmentation={"counts": 5})),
      "annotation 1: segmentation is neither polygons nor RLE"),
+    # values of the wrong type (each was a bare TypeError / ValueError traceback)
+    (lambda d: edit(d, lambda x: x["images"][0].update(width="30")),
+     "images[0].width must be a positive integer, not '30'"),
+    (lambda d: edit(d, lambda x: x["images"][1].update(file_name=None)),
+     "images[1].file_name must be a non-empty string, not None"),
+    (lambda d: edit(d, lambda x: x["categories"][1].update(id=[2])),
+     "categories[1].id must be an integer, not [2]"),
+    (lambda d: edit(d, lambda x: x["images"][0].update(id={"n": 1})),
+     "images[0].id must be an integer or a string, not {'n': 1}"),
+    (lambda d: edit(d, lambda x: x["categories"][0].update(name=7)),
+     "categories[0].name must be a non-empty string, not 7"),
 ])
 def test_malformed_coco_json_is_one_line(tmp_path, coco_files, capsys, text, problem):
     ann, _, data, config = coco_files
