@@ -119,6 +119,26 @@ def write_manifest(path, manifest):
     )
 
 
+def _check_record(path, rec):
+    """An image record read from a file has exactly the record keys, of the right types."""
+    if not isinstance(rec, dict):
+        raise InputError(path, f"image entry {rec!r} is not an object")
+    extra = set(rec) - set(RECORD_KEYS)
+    if extra:
+        raise InputError(path, f"image {rec.get('id')!r} has unexpected keys {sorted(extra)}")
+    missing = [k for k in RECORD_KEYS if k not in rec]
+    if missing:
+        raise InputError(path, f"image {rec.get('id')!r} lacks keys {missing}")
+    for key in ("id", "path", "split"):
+        if not isinstance(rec[key], str):
+            raise InputError(path, f"image {rec['id']!r}: {key} must be a string")
+    for key in ("width", "height"):
+        if not isinstance(rec[key], int) or isinstance(rec[key], bool):
+            raise InputError(path, f"image {rec['id']!r}: {key} must be an integer")
+    if not isinstance(rec["labels"], list) or not all(isinstance(n, str) for n in rec["labels"]):
+        raise InputError(path, f"image {rec['id']!r}: labels must be a list of class names")
+
+
 def read_manifest(path):
     path = Path(path)
     try:
@@ -127,16 +147,21 @@ def read_manifest(path):
         raise InputError(path, "manifest not found") from None
     except json.JSONDecodeError as e:
         raise InputError(path, f"not valid JSON ({e})") from None
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
+    if not isinstance(data, dict) or data.get("format") != FORMAT \
+            or data.get("version") != VERSION:
+        found = data if isinstance(data, dict) else {}
         raise InputError(
-            path, f"not a {FORMAT} version {VERSION} file (format={data.get('format')!r}, "
-            f"version={data.get('version')!r})")
+            path, f"not a {FORMAT} version {VERSION} file (format={found.get('format')!r}, "
+            f"version={found.get('version')!r})")
+    for key, kind in (("dataset", str), ("classes", list), ("images", list)):
+        if not isinstance(data.get(key), kind):
+            raise InputError(path, f"{key!r} missing or not a {kind.__name__}")
+    if not all(isinstance(c, str) for c in data["classes"]):
+        raise InputError(path, "class names must be strings")
     base = path.parent.resolve()
     images = []
     for rec in data["images"]:
-        extra = set(rec) - set(RECORD_KEYS)
-        if extra:
-            raise InputError(path, f"image {rec.get('id')!r} has unexpected keys {sorted(extra)}")
+        _check_record(path, rec)
         p = Path(rec["path"])
         images.append(ImageRecord(rec["id"], str(p if p.is_absolute() else base / p),
                                   rec["width"], rec["height"], rec["split"], tuple(rec["labels"])))
