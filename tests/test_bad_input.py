@@ -25,18 +25,22 @@ Checklist -> tests
 - empty tag list ..................... test_empty_tag_list_is_a_counted_skip
 - image with no GT instance .......... test_coco_image_without_instance_is_a_counted_skip,
                                        test_evaluation_counts_predictions_on_an_image_without_gt
-- malformed COCO JSON ................ test_malformed_coco_json_is_one_line
-- config, wrong type / unknown key ... test_config_errors_on_the_command_line,
+- malformed COCO JSON ................ test_malformed_coco_json_is_one_line,
+                                       test_malformed_coco_json_in_a_subprocess
+- config, wrong type / unknown key ... test_config_errors_on_the_command_line (YAML file),
+                                       test_inline_config_errors_on_the_command_line,
                                        test_config_errors_in_snakemake_name_the_key,
                                        test_schema_descriptions_are_not_split_by_commas
 - checkpoint from another class list . test_classifier_of_other_classes_is_refused_by_extract_peaks,
                                        test_maskrcnn_of_other_classes_is_refused_by_predict,
                                        test_training_checkpoint_of_other_classes_is_not_resumed
-                                       (train-classifier); train-maskrcnn restarts likewise
-                                       (epoch checkpoints carry the class list in their identity;
-                                       test_maskrcnn.py::test_changed_config_starts_over) and
-                                       refuses a store of other classes
+                                       (train-classifier). train-maskrcnn: its epoch checkpoints'
+                                       identity includes the class list, so another list starts
+                                       over as a changed config does
+                                       (test_maskrcnn.py::test_changed_config_starts_over), and a
+                                       store of other classes is refused
                                        (test_maskrcnn.py::test_dataset_rejects_other_classes)
+- beyond the list: a hand-edited manifest (test_malformed_manifest_is_one_line)
 """
 
 import io
@@ -642,6 +646,25 @@ def test_malformed_coco_json_in_a_subprocess(tmp_path, coco_files):
     assert rc == 2
     assert f"error: {ann}: not valid JSON" in error_line(err, "prepare-dataset")
     assert not (tmp_path / "d" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda d: d.pop("images"), "'images' missing or not a list"),
+    (lambda d: d["images"][0].pop("width"), "image 'img0' lacks keys ['width']"),
+    (lambda d: d["images"][1].update(height="32"), "image 'img1': height must be an integer"),
+    (lambda d: d["images"][0].update(labels="ab"),
+     "image 'img0': labels must be a list of class names"),
+])
+def test_malformed_manifest_is_one_line(tmp_path, classifier, capsys, change, problem):
+    """(Beyond the checklist) a hand-edited manifest: each was a KeyError / TypeError."""
+    checkpoint, peaks = classifier
+    manifest = build_manifest(tmp_path, n_images=2, size=(40, 32))
+    data = json.loads(manifest.read_text())
+    change(data)
+    manifest.write_text(json.dumps(data))
+    assert extract_peaks(manifest, checkpoint, peaks, tmp_path / "p.h5") == 2
+    line = error_line(capsys.readouterr().err, "extract-peaks")
+    assert line == f"tag2mask extract-peaks: error: {manifest}: {problem}"
 
 
 # --- configuration ------------------------------------------------------------------------
