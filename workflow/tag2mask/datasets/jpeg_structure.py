@@ -40,7 +40,10 @@ def jpeg_problem(path):
             return None if scans else "JPEG without image data (end-of-image before any scan)"
         if pos + 4 > len(data):
             return "truncated JPEG (no end-of-image marker)"
-        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+        start, pos = pos, pos + 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+        if pos > len(data):
+            return (f"corrupt or truncated JPEG (segment 0x{marker:02X} at byte {start} runs "
+                    "past the end of the file)")
         if marker == SOS:
             scans += 1
             problem, pos = _scan_end(data, pos)
