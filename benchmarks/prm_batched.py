@@ -1,9 +1,12 @@
 """Benchmark: peak response maps of all peaks in one batched backward vs one backward per peak.
 
-    PYTHONPATH=workflow python benchmarks/prm_batched.py [--repeats 3] [--threads 2]
+    PYTHONPATH=workflow python benchmarks/prm_batched.py [--repeats 3] [--threads 2] \
+        [--models lite0_demo] [--at input deep]
 
-For each model (the demo's tiny classifier; ResNet-50 at 448 px, random weights, stride 32 as
-in PRM's reference) and 1, 5 and 20 peaks per image, on the same image and the same peaks:
+For each model (the tiny classifier; the demo's EfficientNet-Lite0 at 128 px, stride 16;
+ResNet-50 at 448 px, stride 32 as in PRM's reference; all random weights), each place the maps
+are taken (`--at`: input = the image as PRM, deep = the model's DEEP_LAYER, peaks.response_layer)
+and 1, 5 and 20 peaks per image, on the same image and the same peaks:
   batched  PeakBackprop(batched=True): one forward, then torch.func.vmap over the vjp (all
            peaks in one backward pass)
   loop     PeakBackprop(batched=False): one forward, then one autograd backward per peak
@@ -29,7 +32,13 @@ from tag2mask.prm import PeakBackprop  # noqa: E402
 
 MODELS = {  # name: (backbone, stride, classes, input size)
     "tiny_demo": ("tiny", 8, 6, 128),
+    "lite0_demo": ("efficientnet_lite0", 16, 6, 128),
     "resnet50_448": ("resnet50", 32, 20, 448),
+}
+DEEP_LAYER = {  # a deep peaks.response_layer of each model
+    "tiny_demo": "backbone.features.6",
+    "lite0_demo": "backbone.net.blocks.6",
+    "resnet50_448": "backbone.features.6",
 }
 
 
@@ -56,8 +65,9 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
-def bench_model(name, repeats, peak_counts, upsample, device):
+def bench_model(name, repeats, peak_counts, upsample, device, at="input"):
     backbone, stride, classes, size = MODELS[name]
+    layer = DEEP_LAYER[name] if at == "deep" else None
     torch.manual_seed(0)
     model = PeakClassifier(backbone, [f"c{i}" for i in range(classes)], stride=stride).eval()
     model.to(device).requires_grad_(False)
@@ -65,17 +75,18 @@ def bench_model(name, repeats, peak_counts, upsample, device):
     maps = PeakBackprop(model, image, upsample=upsample).upsampled_maps
     fwd_bwd(model, image)  # warm-up (allocator, kernels)
     unit = statistics.median(timed(lambda: fwd_bwd(model, image))[0] for _ in range(repeats))
-    result = {"input": [size, size], "stride": stride, "classes": classes,
+    result = {"input": [size, size], "stride": stride, "classes": classes, "layer": layer,
               "upsample": upsample, "fwd_bwd_s": unit, "peaks": {}}
     for n in peak_counts:
         peaks = peaks_for(maps, n, seed=n)
 
         def batched():
-            return PeakBackprop(model, image, upsample=upsample).response_maps(peaks, chunk=n)
+            return PeakBackprop(model, image, upsample=upsample,
+                                layer=layer).response_maps(peaks, chunk=n)
 
         def loop():
-            return PeakBackprop(model, image, upsample=upsample,
-                                batched=False).response_maps(peaks)
+            return PeakBackprop(model, image, upsample=upsample, batched=False,
+                                layer=layer).response_maps(peaks)
 
         batched()  # warm-up: vmap traces the batching rules on the first call
         tb, tl, diff = [], [], 0.0
@@ -89,7 +100,7 @@ def bench_model(name, repeats, peak_counts, upsample, device):
         result["peaks"][n] = {"batched_s": b_s, "loop_s": l_s, "speedup": l_s / b_s,
                               "batched_in_fwd_bwd": b_s / unit, "loop_in_fwd_bwd": l_s / unit,
                               "max_rel_diff": diff, "batched_runs": tb, "loop_runs": tl}
-        print(f"{name} {n} peaks: batched {b_s:.3f}s loop {l_s:.3f}s "
+        print(f"{name} at {at} {n} peaks: batched {b_s:.3f}s loop {l_s:.3f}s "
               f"x{l_s / b_s:.2f}", file=sys.stderr, flush=True)
     return result
 
@@ -103,14 +114,18 @@ def main():
     ap.add_argument("--peaks", nargs="+", type=int, default=[1, 5, 20])
     ap.add_argument("--upsample", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--at", nargs="+", default=["input"], choices=["input", "deep"],
+                    help="where the maps are taken: the input image, the model's DEEP_LAYER")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
            "device": args.device, "repeats": args.repeats, "models": {}}
     for name in args.models:
-        out["models"][name] = bench_model(name, args.repeats, args.peaks, args.upsample,
-                                           torch.device(args.device))
+        for at in args.at:
+            key = name if at == "input" else f"{name}@{DEEP_LAYER[name]}"
+            out["models"][key] = bench_model(name, args.repeats, args.peaks, args.upsample,
+                                             torch.device(args.device), at)
     print(json.dumps(out, indent=1))
 
 

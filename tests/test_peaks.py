@@ -13,7 +13,8 @@ from tag2mask.config import section_options
 from tag2mask.groundtruth import CocoBuilder
 from tag2mask.manifest import make_record, read_manifest
 from tag2mask.peaks import options_digest, select_peaks, to_image_pixels
-from tag2mask.peaks_quality import peak_quality
+from tag2mask.peaks_quality import (own_instances, pairwise_similarity, peak_quality,
+                                    response_localisation, response_map_quality)
 from tag2mask.store import StoreReader, StoreWriter
 
 
@@ -125,6 +126,26 @@ def test_images_without_peaks_are_recorded_and_counted(setup, caplog):
     assert all(e["num_peaks"] == 0 and len(e["map_classes"]) == 0 for e in images.values())
 
 
+def test_response_layer(setup, capsys):
+    options = {"peak_threshold": -1e9, "max_peaks": 3, "map_size": 16, "upsample": 2,
+               "panels": 0}
+    _, at_input = read_all(extract(setup, "at_input", options))
+    attrs, at_layer = read_all(extract(setup, "at_layer", {**options,
+                                                           "response_layer": "backbone.features.2"}))
+    assert attrs["response_layer"] == "backbone.features.2"
+    for image_id, e in at_layer.items():
+        np.testing.assert_array_equal(e["peak_yx"], at_input[image_id]["peak_yx"])
+        np.testing.assert_allclose(e["response_maps"].astype(np.float64).sum((1, 2)), 1,
+                                   atol=5e-3)
+        assert not np.array_equal(e["response_maps"], at_input[image_id]["response_maps"])
+    folder, manifest, checkpoint = setup
+    argv = ["extract-peaks", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
+            "--config", json.dumps({**options, "response_layer": "backbone.nope"}),
+            "--out", str(folder / "bad.h5"), "--no-progress"]
+    assert main(argv) == 2
+    assert "no layer 'backbone.nope'" in capsys.readouterr().err
+
+
 def test_select_peaks_threshold_keep_best_and_cap():
     maps = torch.full((1, 3, 6, 6), -5.0)
     maps[0, 0, 1, 1], maps[0, 0, 4, 4], maps[0, 0, 1, 4] = 3.0, 1.0, -1.0
@@ -207,7 +228,45 @@ def test_quality_known_answer(tmp_path):
     assert at3["instance_recall"] == pytest.approx(2 / 3) and at3["duplicate_rate"] == \
         pytest.approx(1 / 3)
     assert sweep  # quantile thresholds by default
+    r = q["response_maps"]  # uniform maps: every pair is the same map
+    assert r["pairs"] == 4 and r["pair_cosine"] == pytest.approx(1.0)
+    assert r["pair_overlap"] == pytest.approx(1.0, abs=1e-3)
+    assert r["peaks_in_own_instance"] == 3 and r["pairs_different_instances"] == 0
+    assert r["different_instances_cosine"] is None
     assert main(["evaluate-peaks", "--peaks", str(store), "--gt", str(gt_path),
                  "--out", str(tmp_path / "q.json")]) == 0
     assert json.loads((tmp_path / "q.json").read_text())["peak_precision"] == \
         pytest.approx(3 / 5)
+
+
+def test_response_map_figures_known_answer():
+    """Two class-0 instances (top-left, bottom-right) and a class-1 one (top-right) on an 8x8
+    image; maps on a 4x4 grid: peak 0's on its own instance, peak 1's on peak 0's instance,
+    peak 2 (class 0 on the class-1 instance) has no own instance."""
+    inst = np.zeros((3, 8, 8), bool)
+    inst[0, :4, :4] = inst[1, 4:, 4:] = inst[2, :4, 4:] = True
+    icls = np.array([0, 0, 1])
+    maps = np.zeros((3, 4, 4))
+    maps[0, :2, :2] = maps[1, :2, :2] = maps[2, 2:, 2:] = 0.25
+    cosine, overlap = pairwise_similarity(maps)
+    np.testing.assert_allclose(cosine, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-12)
+    np.testing.assert_allclose(overlap, cosine, atol=1e-12)
+    own = own_instances([[1, 1], [6, 6], [2, 5]], [0, 0, 0], inst, icls)
+    assert own.tolist() == [0, 1, -1]
+    loc = response_localisation(maps, own, inst, argmax_yx=[[1, 1], [1, 1], [7, 7]])
+    np.testing.assert_allclose(loc["mass_own"], [1, 0])
+    np.testing.assert_allclose(loc["mass_other"], [0, 1])
+    np.testing.assert_allclose(loc["own_share"], [1, 0])
+    np.testing.assert_allclose(loc["area_share"], [1 / 3, 1 / 3])
+    assert loc["argmax_in_own"].tolist() == [True, False]
+    q = response_map_quality([(maps, own, loc)])
+    assert q["pairs"] == 3 and q["pair_cosine"] == pytest.approx(1 / 3)
+    assert q["pairs_different_instances"] == 1  # peaks 0 and 1
+    assert q["different_instances_cosine"] == pytest.approx(1.0)
+    assert q["peaks_in_own_instance"] == 2 and q["peaks_with_other_instances"] == 2
+    assert q["mass_own"] == pytest.approx(0.5) and q["own_share"] == pytest.approx(0.5)
+    assert q["own_share_by_area"] == pytest.approx(1 / 3)
+    assert q["argmax_in_own"] == pytest.approx(0.5)
+    # no peak in any instance: empty figures, no error
+    none = response_localisation(maps, np.full(3, -1), inst, argmax_yx=np.zeros((3, 2)))
+    assert all(len(v) == 0 for v in none.values())

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tag2mask.errors import InputError
 from tag2mask.prm import PeakBackprop, normalise, positive_backprop
 
 # torch notes that an even 'same' kernel pads a copy of the input: expected here
@@ -66,10 +67,11 @@ def random_peaks(maps, n, seed=0):
                         torch.randint(0, w, (n,), generator=g)], 1)
 
 
-def test_batched_equals_per_peak_loop(net):
+@pytest.mark.parametrize("layer", [None, "block", "down"])
+def test_batched_equals_per_peak_loop(net, layer):
     image = torch.rand(1, 3, 45, 58)
-    batched = PeakBackprop(net, image, upsample=4)
-    loop = PeakBackprop(net, image, upsample=4, batched=False)
+    batched = PeakBackprop(net, image, upsample=4, layer=layer)
+    loop = PeakBackprop(net, image, upsample=4, batched=False, layer=layer)
     assert torch.equal(batched.upsampled_maps, loop.upsampled_maps)
     h, w = batched.upsampled_maps.shape[-2:]
     corners = torch.tensor([[0, 0, 0], [2, h - 1, w - 1], [1, 0, w - 2]])  # border taps
@@ -140,16 +142,58 @@ def test_no_peaks_and_unsupported_conv(net):
             pass
 
 
-def test_timm_same_padding_conv():
-    from timm.layers import Conv2dSame
+def test_timm_same_padding_conv_and_bn_act():
+    from timm.layers import BatchNormAct2d, Conv2dSame
 
     torch.manual_seed(2)
-    model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    bn = BatchNormAct2d(4, act_layer=nn.ReLU6)
+    bn.running_mean.normal_(0, 0.5)
+    bn.running_var.uniform_(0.01, 2.0)
+    model = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), bn, nn.Conv2d(4, 2, 1)).eval()
     image = torch.rand(1, 3, 17, 14)
     with torch.no_grad():
         expected = model(image)
+        with positive_backprop(model):
+            assert "forward" in bn.__dict__  # runs as an affine map + ReLU6
+            torch.testing.assert_close(model(image), expected)
     pb = PeakBackprop(model, image)
     torch.testing.assert_close(pb.class_maps, expected)
     loop = PeakBackprop(model, image, batched=False)
     peaks = random_peaks(pb.class_maps, 4, seed=3)
     torch.testing.assert_close(pb.response_maps(peaks), loop.response_maps(peaks))
+
+
+def test_maps_at_a_layer_known_answer():
+    """Maps at the output of conv1 of conv1 -> ReLU -> conv2 (3x3): the positive-weight rule
+    of conv2 alone on that output, summed over channels, upsampled x2 (conv1 has stride 2)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 2, 3, padding=1)).eval()
+    image = torch.rand(1, 3, 12, 14)
+    pb = PeakBackprop(model, image, layer="1")
+    torch.testing.assert_close(pb.class_maps, model(image).detach())
+    c, y, x = 1, 2, 3
+    got = pb.response_maps(torch.tensor([[c, y, x]]))[0]
+    with torch.no_grad():
+        a = model[1](model[0](image))[0]  # [4, 6, 7]
+    xs = a - a.min()
+    w_pos = model[2].weight[c].detach().clamp(min=0)
+    window = xs[:, y - 1:y + 2, x - 1:x + 2]
+    mass = torch.zeros_like(xs)
+    mass[:, y - 1:y + 2, x - 1:x + 2] = window * w_pos / (window * w_pos).sum()
+    expected = F.interpolate(mass.sum(0)[None, None], size=(12, 14), mode="bilinear",
+                             align_corners=False)[0, 0]
+    torch.testing.assert_close(got, expected / expected.sum())
+    # "input" is the image, as with no layer
+    torch.testing.assert_close(PeakBackprop(model, image, layer="input").response_maps(
+        torch.tensor([[c, y, x]])), PeakBackprop(model, image).response_maps(
+        torch.tensor([[c, y, x]])))
+
+
+def test_unknown_or_repeated_layer(net):
+    with pytest.raises(InputError, match="no layer 'nope'.*block"):
+        PeakBackprop(net, torch.rand(1, 3, 20, 20), layer="nope")
+    relu = nn.ReLU()
+    twice = nn.Sequential(nn.Conv2d(3, 3, 1), relu, nn.Conv2d(3, 2, 1), relu)
+    with pytest.raises(InputError, match="more than once"):
+        PeakBackprop(twice, torch.rand(1, 3, 8, 8), layer="1")

@@ -8,7 +8,8 @@ Per image (resized to the classifier's square input, as in training):
      local maxima of a `window` (the classifier's) that reach its filter (median) and
      `peak_threshold` on the raw map value; with `keep_best_peak` each class keeps its
      strongest peak even below the threshold; at most `max_peaks` per image, strongest first;
-  4. all peaks' response maps in one batched backward pass (`tag2mask.prm`).
+  4. all peaks' response maps in one batched backward pass (`tag2mask.prm`), at the input
+     image (PRM) or at the classifier layer `response_layer`, upsampled to the input.
 An image without any peak is written with num_peaks = 0 and counted, never an error.
 
 Store layout (kind "peaks"): docs/formats.md. Coordinates are image pixels (row, col) of
@@ -120,7 +121,7 @@ def image_peaks(model, rgb, tags, options, device, input_size, score_upsample=1)
     classifier's training and val scoring (its own upsample factor, `score_upsample`)."""
     height, width = rgb.shape[:2]
     x = input_tensor(rgb, input_size, device)
-    pb = PeakBackprop(model, x, upsample=options["upsample"])
+    pb = PeakBackprop(model, x, upsample=options["upsample"], layer=options["response_layer"])
     scores = model.scores(pb.class_maps, score_upsample)[0].float()
     if options["classes"] == "tags":
         classes = sorted(tags)
@@ -169,6 +170,7 @@ def extract(records, manifest, model, options, out_path, device, input_size, pan
     stats = {"images": 0, "images_without_peaks": 0, "peaks": 0}
     panel_indices = set(panel_indices)
     attrs = {"map_size": options["map_size"], "upsample": options["upsample"],
+             "response_layer": options["response_layer"] or "input",
              "peak_threshold": options["peak_threshold"], "classes": options["classes"],
              "input_size": input_size, **(root_attrs or {})}
     with StoreWriter(out_path, KIND, manifest.classes, config_digest=options_digest(options),

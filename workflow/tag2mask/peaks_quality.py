@@ -6,7 +6,14 @@
 - duplicate rate: share of GT instances hit by more than one peak of their class;
 - the same three for the response-map argmax points (WISE's point per peak);
 - the peak values of correct and wrong peaks (quantiles) and precision / recall / duplicates
-  if the peak threshold were raised to each of a few values: how to choose peaks.peak_threshold.
+  if the peak threshold were raised to each of a few values: how to choose peaks.peak_threshold;
+- response maps ("response_maps"): do they tell a peak's instance from the others? Pairwise
+  cosine similarity and overlap (sum of the pointwise minimum; 1 = the same map) of the maps of
+  different peaks of one image, all pairs and the pairs whose peaks hit different instances;
+  and, for each peak inside an instance of its class (its own instance), the share of its
+  response mass inside the own instance, inside the image's other instances, the own share of
+  the mass on instances (own / (own + others)) next to what the instances' areas alone would
+  give, and how often the map's argmax lies in the own instance.
 
 Crowd regions are not instances (a peak in one counts as wrong, as in COCO evaluation it
 would be ignored; few datasets here have crowds).
@@ -75,6 +82,129 @@ def _rates(correct, hits):
     }
 
 
+def pairwise_similarity(maps):
+    """(cosine [P, P], overlap [P, P]) of non-negative maps [P, h, w]; overlap is the sum of
+    the pointwise minimum of the two maps, each normalised to sum 1 (1: the same map, 0:
+    disjoint supports). All-zero maps give 0."""
+    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    norm = np.linalg.norm(flat, axis=1)
+    unit = flat / np.where(norm > 0, norm, 1)[:, None]
+    cosine = unit @ unit.T
+    total = flat.sum(1)
+    dist = flat / np.where(total > 0, total, 1)[:, None]
+    overlap = np.minimum(dist[:, None, :], dist[None, :, :]).sum(-1)
+    return cosine, overlap
+
+
+def masks_on_grid(masks, grid_hw):
+    """Boolean masks [N, H, W] sampled at the pixel centres of an (h, w) map grid -> [N, h, w]
+    (map pixel i covers image rows [i H / h, (i + 1) H / h); its centre decides)."""
+    height, width = masks.shape[1:]
+    rows = np.minimum(((np.arange(grid_hw[0]) + 0.5) * height / grid_hw[0]).astype(int),
+                      height - 1)
+    cols = np.minimum(((np.arange(grid_hw[1]) + 0.5) * width / grid_hw[1]).astype(int),
+                      width - 1)
+    return masks[:, rows][:, :, cols]
+
+
+def own_instances(points, point_class, instance_masks, instance_class):
+    """Per point the index of its own instance (the smallest instance of its class that
+    contains it), -1 when it lies in none."""
+    own = np.full(len(point_class), -1, int)
+    if len(instance_class) == 0 or len(point_class) == 0:
+        return own
+    h, w = instance_masks.shape[1:]
+    yx = np.clip(np.round(np.asarray(points, np.float64)).astype(int), 0, [h - 1, w - 1])
+    inside = instance_masks[:, yx[:, 0], yx[:, 1]]  # [N, P]
+    inside &= np.asarray(instance_class)[:, None] == np.asarray(point_class)[None, :]
+    area = instance_masks.reshape(len(instance_masks), -1).sum(1).astype(float)
+    cost = np.where(inside, area[:, None], np.inf)
+    hit = inside.any(0)
+    own[hit] = cost[:, hit].argmin(0)
+    return own
+
+
+def response_localisation(maps, own, instance_masks, argmax_yx=None):
+    """How much of each peak's response lies on its own instance (evaluation only).
+
+    maps: response maps [P, h, w] (each sums to 1); own: own instance per peak ([P], -1 for
+    none, from `own_instances`); instance_masks: [N, H, W] at image resolution; argmax_yx:
+    the maps' argmax points in image pixels [P, 2] (optional). Returns, for the peaks with an
+    own instance, arrays of: mass_own, mass_other (on the image's other instances), own_share
+    (own / (own + other), nan without mass on instances), area_share (the own instance's
+    share of all instance area: own_share's value for a map spread uniformly) and
+    argmax_in_own (bool; only with argmax_yx).
+    """
+    has = own >= 0
+    if not has.any():
+        empty = {k: np.zeros(0) for k in ("mass_own", "mass_other", "own_share", "area_share")}
+        return {**empty, "argmax_in_own": np.zeros(0, bool)} if argmax_yx is not None else empty
+    n = len(instance_masks)
+    grid = masks_on_grid(instance_masks, maps.shape[-2:]).reshape(n, -1).astype(np.float64)
+    mass = np.asarray(maps, np.float64).reshape(len(maps), -1)[has] @ grid.T  # [P', N]
+    total = mass.sum(1)
+    mine = own[has]
+    mass_own = mass[np.arange(len(mine)), mine]
+    # instances may overlap (occlusion is rare): the other mass is at least 0
+    mass_other = np.maximum(total - mass_own, 0)
+    area = instance_masks.reshape(n, -1).sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own_share = np.where(total > 0, mass_own / (mass_own + mass_other), np.nan)
+    out = {"mass_own": mass_own, "mass_other": mass_other, "own_share": own_share,
+           "area_share": area[mine] / area.sum()}
+    if argmax_yx is not None:
+        h, w = instance_masks.shape[1:]
+        yx = np.clip(np.round(np.asarray(argmax_yx, np.float64)[has]).astype(int), 0,
+                     [h - 1, w - 1])
+        out["argmax_in_own"] = instance_masks[mine, yx[:, 0], yx[:, 1]]
+    return out
+
+
+def _mean(values):
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def response_map_quality(per_image):
+    """The "response_maps" figures from per-image (maps, own) pairs and localisation dicts."""
+    cos_all, ovl_all, cos_diff, ovl_diff = [], [], [], []
+    loc = {}
+    for maps, own, localisation in per_image:
+        if len(maps) >= 2:
+            cosine, overlap = pairwise_similarity(maps)
+            i, j = np.triu_indices(len(maps), 1)
+            cos_all.append(cosine[i, j])
+            ovl_all.append(overlap[i, j])
+            diff = (own[i] >= 0) & (own[j] >= 0) & (own[i] != own[j])
+            cos_diff.append(cosine[i, j][diff])
+            ovl_diff.append(overlap[i, j][diff])
+        for k, v in localisation.items():
+            loc.setdefault(k, []).append(v)
+    loc = {k: np.concatenate(v) for k, v in loc.items()}
+    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0))
+    cos_all, ovl_all, cos_diff, ovl_diff = map(cat, (cos_all, ovl_all, cos_diff, ovl_diff))
+    n_own = len(loc.get("mass_own", ()))
+    several = ~np.isnan(loc["own_share"]) & (loc["area_share"] < 1) if n_own else np.zeros(0, bool)
+    return {
+        "pairs": int(len(cos_all)),
+        "pair_cosine": _mean(cos_all),
+        "pair_overlap": _mean(ovl_all),
+        "pairs_different_instances": int(len(cos_diff)),
+        "different_instances_cosine": _mean(cos_diff),
+        "different_instances_overlap": _mean(ovl_diff),
+        "peaks_in_own_instance": n_own,
+        "mass_own": _mean(loc["mass_own"]) if n_own else None,
+        "mass_other": _mean(loc["mass_other"]) if n_own else None,
+        # only peaks of images with several instances: with one instance both are 1
+        "peaks_with_other_instances": int(several.sum()),
+        "own_share": _mean(loc["own_share"][several]) if n_own else None,
+        "own_share_by_area": _mean(loc["area_share"][several]) if n_own else None,
+        "argmax_in_own": _mean(loc["argmax_in_own"]) if n_own and "argmax_in_own" in loc
+        else None,
+    }
+
+
 def peak_quality(store_path, gt_paths, thresholds=None):
     """The quality dict (see the module doc) of a peaks store against COCO GT files."""
     from .train_classifier import average_precision
@@ -86,6 +216,7 @@ def peak_quality(store_path, gt_paths, thresholds=None):
     values_all, class_all, correct_all, argmax_correct_all = [], [], [], []
     # per (image instance) the values of the peaks hitting it, for the threshold sweep
     hitting_values = []
+    responses = []  # per image: (response maps, own instance per peak, localisation figures)
     missing = 0
     with StoreReader(store_path, "peaks") as store:
         class_names = store.class_names
@@ -95,7 +226,7 @@ def peak_quality(store_path, gt_paths, thresholds=None):
                 missing += 1
                 continue
             e = store.read(image_id, ["peak_class", "peak_yx", "peak_value", "class_scores",
-                                      "response_argmax_yx"])
+                                      "response_argmax_yx", "response_maps"])
             height, width, anns = gt[image_id]
             if (e["height"], e["width"]) != (height, width):
                 raise InputError(store_path, f"image {image_id}: size {e['height']}x{e['width']} "
@@ -106,6 +237,9 @@ def peak_quality(store_path, gt_paths, thresholds=None):
             pcls = np.asarray(e["peak_class"], int)
             correct, hits = match_points(e["peak_yx"], pcls, masks, icls)
             a_correct, a_hits = match_points(e["response_argmax_yx"], pcls, masks, icls)
+            own = own_instances(e["peak_yx"], pcls, masks, icls)
+            responses.append((e["response_maps"], own, response_localisation(
+                e["response_maps"], own, masks, e["response_argmax_yx"])))
             vals = np.asarray(e["peak_value"], np.float32)
             values_all.append(vals)
             class_all.append(pcls)
@@ -155,6 +289,7 @@ def peak_quality(store_path, gt_paths, thresholds=None):
             name: ([float(q) for q in np.quantile(v, QUANTILES)] if len(v) else [])
             for name, v in (("correct", values[correct]), ("wrong", values[~correct]))},
         "quantile_levels": list(QUANTILES),
+        "response_maps": response_map_quality(responses),
         "per_class": {},
         "threshold_sweep": [],
     }
@@ -192,6 +327,11 @@ def run(args):
              "classification mAP %s", quality["images"], quality["peaks"],
              *(_fmt(quality[k]) for k in ("peak_precision", "instance_recall", "duplicate_rate",
                                           "classification_mAP")))
+    r = quality["response_maps"]
+    log.info("response maps: cosine of different instances' peaks %s, own share %s "
+             "(by area %s), argmax in own instance %s", *(_fmt(r[k]) for k in (
+                 "different_instances_cosine", "own_share", "own_share_by_area",
+                 "argmax_in_own")))
 
 
 def _fmt(v):

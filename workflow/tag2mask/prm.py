@@ -9,6 +9,18 @@ backward pass, replaces the input gradient by the positive-weight (excitation ba
 pooling and residual additions keep their ordinary gradients. A peak's response map is the
 input gradient of the one-hot peak, summed over RGB, clamped at 0 and divided by its sum.
 
+The rule is a normalised (mass-conserving) transport with non-negative kernels: each conv
+spreads a unit's mass over its window in proportion to X * W+, and, unlike the signed plain
+gradient, nothing cancels. When deep layers' windows span the whole image (small inputs: the
+demo's 128 px images give EfficientNet-Lite0 at stride 16 an 8x8 grid, on which its 5x5 and
+dilated depthwise convs reach every cell), a few such layers spread every peak's mass over the
+whole image and the maps at the input no longer depend on the peak (peaks_quality's response-map
+figures; the same with random weights, and nearly so with W+ alone instead of X * W+, so it is
+the footprint, not the activation weighting; ResNet-50 at 256 px keeps them apart).
+`layer=` takes the maps at the output of a classifier layer instead (the excitation mass there,
+summed over channels, upsampled to the input), as Excitation Backprop (Zhang et al. 2016) reads
+attention maps at intermediate layers.
+
 PRM's reference does one backward pass per peak. `PeakBackprop` forwards an image once and
 computes the maps of all its peaks in one batched backward pass (torch.autograd.grad with
 is_grads_batched=True, i.e. vmap over the grad_outputs): the positive-weight conv's
@@ -22,6 +34,8 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import InputError
 
 EPS = 1e-10
 
@@ -140,12 +154,22 @@ def _affine_bn_forward(bn, x):
     return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
+def _is_bn_act(bn):
+    # timm's BatchNormAct2d: batch norm, then its `drop` and `act` modules (EfficientNets)
+    return type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "act") and hasattr(bn, "drop")
+
+
+def _affine_bn_act_forward(bn, x):
+    return bn.act(bn.drop(_affine_bn_forward(bn, x)))
+
+
 @contextlib.contextmanager
 def positive_backprop(model):
     """Within the block, every nn.Conv2d of `model` backpropagates with the positive-weight rule.
 
     Only the forward pass needs to run inside the block: the graph it records keeps the rule.
-    Plain eval-mode BatchNorm2d layers run as the same affine map (ordinary gradient).
+    Plain eval-mode BatchNorm2d layers (and timm's BatchNormAct2d) run as the same affine map
+    (ordinary gradient).
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     for m in convs:
@@ -153,14 +177,15 @@ def positive_backprop(model):
             raise TypeError(f"positive_backprop: unsupported conv subclass {type(m).__name__} "
                             "(its forward differs from nn.Conv2d's)")
     norms = [m for m in model.modules()
-             if isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward
-             and not m.training and m.running_mean is not None]
+             if isinstance(m, nn.BatchNorm2d) and not m.training and m.running_mean is not None
+             and (type(m).forward is nn.BatchNorm2d.forward or _is_bn_act(m))]
     try:
         for m in convs:
             m._prm_dynamic_same = _is_dynamic_same(m)
             m.forward = types.MethodType(_positive_forward, m)
         for m in norms:
-            m.forward = types.MethodType(_affine_bn_forward, m)
+            forward = _affine_bn_act_forward if _is_bn_act(m) else _affine_bn_forward
+            m.forward = types.MethodType(forward, m)
         yield model
     finally:
         for m in convs + norms:
@@ -168,9 +193,13 @@ def positive_backprop(model):
             m.__dict__.pop("_prm_dynamic_same", None)
 
 
-def normalise(grads):
-    """Input gradients [P, 3, H, W] -> response maps [P, H, W]: sum RGB, clamp >= 0, sum to 1."""
+def normalise(grads, size=None):
+    """Gradients [P, C, h, w] -> response maps [P, H, W]: sum over channels (RGB at the
+    input), clamp >= 0, bilinearly resize to `size` (H, W) when given, each map sums to 1."""
     r = grads.sum(dim=1).clamp(min=0)
+    if size is not None and tuple(r.shape[-2:]) != tuple(size):
+        r = F.interpolate(r[:, None], size=tuple(size), mode="bilinear",
+                          align_corners=False)[:, 0]
     total = r.flatten(1).sum(dim=1).view(-1, 1, 1)
     return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), r)
 
@@ -184,29 +213,45 @@ class PeakBackprop:
     pb.response_maps(peaks)   # peaks: LongTensor [P, 3] (c, y, x) on the upsampled grid,
                               # or [P, 4] (b, c, y, x) with b == 0 -> float [P, H, W]
 
+    layer: None / "input" (maps at the image), or a name in model.named_modules(): maps at that
+    module's output (the module must run once per forward and return [1, C, h, w]); the
+    backward passes stop there. An extra forward up to the layer gets its output first.
+
     batched=True: torch.func.vjp of the forward, vmapped over the P one-hot gradients, so each
     layer's backward runs once on a batch of P (autograd's is_grads_batched falls back to a
     per-peak loop for convolution backward on CPU). batched=False: an ordinary autograd graph
     and one backward pass per peak (the reference way; kept for tests and the benchmark).
     """
 
-    def __init__(self, model, image, upsample=1, batched=True):
+    def __init__(self, model, image, upsample=1, batched=True, layer=None):
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(f"PeakBackprop takes one image [1, 3, H, W], got {tuple(image.shape)}")
         self.batched = batched
         self.upsample = upsample
         self._input_hw = tuple(image.shape[-2:])
+        image = image.detach()
+        module = find_layer(model, layer)
+        if module is None:  # maps at the input image (PRM)
+            primal = image
 
-        def forward(x):
-            with positive_backprop(model):
-                return model(x)
+            def forward(x):
+                with positive_backprop(model):
+                    return model(x)
+        else:
+            # The layer's output is the primal: computed once, then swapped in for the layer's
+            # own output, so the backward passes stop there.
+            primal = layer_output(model, module, image)
+
+            def forward(feature):
+                with positive_backprop(model), _replace_output(module, feature):
+                    return model(image)
 
         with torch.enable_grad():
             if batched:
-                maps, self._vjp = torch.func.vjp(forward, image.detach())
+                maps, self._vjp = torch.func.vjp(forward, primal)
             else:
-                self._image = image.detach().clone().requires_grad_(True)
-                maps = forward(self._image)
+                self._primal = primal.clone().requires_grad_(True)
+                maps = forward(self._primal)
                 self._graph_output = _upsample(maps, upsample)
         self.class_maps = maps.detach()
         self.upsampled_maps = _upsample(self.class_maps, upsample)
@@ -225,15 +270,15 @@ class PeakBackprop:
                 for start in range(0, len(peaks), chunk):
                     onehots = self._raw_onehot(peaks[start:start + chunk])
                     (g,) = torch.func.vmap(self._vjp)(onehots)
-                    out.append(normalise(g[:, 0]))
+                    out.append(normalise(g[:, 0], self._input_hw))
         else:
             up = self.upsampled_maps
             for p in peaks:
                 onehot = up.new_zeros(up.shape)
                 onehot[0, p[0], p[1], p[2]] = 1.0
-                (g,) = torch.autograd.grad(self._graph_output, self._image, onehot,
+                (g,) = torch.autograd.grad(self._graph_output, self._primal, onehot,
                                            retain_graph=True)
-                out.append(normalise(g))
+                out.append(normalise(g, self._input_hw))
         return torch.cat(out)
 
     def _raw_onehot(self, peaks):
@@ -255,7 +300,68 @@ class PeakBackprop:
 
     def release(self):
         """Drop the recorded forward (frees the saved activations)."""
-        self._vjp = self._graph_output = self._image = None
+        self._vjp = self._graph_output = self._primal = None
+
+
+def find_layer(model, name):
+    """The module `name` of model.named_modules(); None for the input image (None/'input')."""
+    if name is None or name == "input":
+        return None
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        shallow = [n for n in modules if n and n.count(".") <= 2]
+        raise InputError("peaks.response_layer",
+                         f"the classifier has no layer {name!r}; its layers include "
+                         f"{', '.join(shallow[:40])}")
+    return modules[name]
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_output(model, module, image):
+    """The output of `module` for `image` (the forward stops there), under positive_backprop
+    like the passes that follow."""
+    captured = []
+
+    def hook(m, args, out):
+        if not torch.is_tensor(out) or out.dim() != 4:
+            raise InputError("peaks.response_layer", f"layer {type(m).__name__} does not output "
+                                                     "one feature map [B, C, h, w]")
+        captured.append(out.detach())
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad(), positive_backprop(model):
+            model(image)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise InputError("peaks.response_layer", "the layer is not used by the forward pass")
+    return captured[0]
+
+
+@contextlib.contextmanager
+def _replace_output(module, feature):
+    """Within the block, the (single) call of `module` returns `feature` instead."""
+    calls = []
+
+    def hook(m, args, out):
+        calls.append(1)
+        if len(calls) > 1:
+            raise InputError("peaks.response_layer", f"layer {type(m).__name__} runs more than "
+                                                     "once per forward pass")
+        return feature
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _upsample(maps, factor):
