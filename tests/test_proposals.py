@@ -17,7 +17,8 @@ from tag2mask.groundtruth import CocoBuilder
 from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
 from tag2mask.proposals import (ProposalSettings, coco_strings, distinct_rows, forest_members,
                                 hierarchical_grouping, iou_matrix, members_to_rle,
-                                near_duplicates, propose, select_and_rank, upsample_labels)
+                                near_duplicates, propose, rank_value, select_and_rank,
+                                upsample_labels)
 from tag2mask.proposals_import import import_external, rle_string_counts
 from tag2mask.proposals_quality import best_overlaps, evaluate_store, image_figures
 from tag2mask.store import StoreReader, StoreWriter
@@ -104,15 +105,25 @@ def test_downscaled_working_image_gives_full_resolution_masks():
 
 
 def test_select_and_rank_known_order():
-    score = np.array([0.9, 0.1, 0.5, 0.8])
-    priority = np.array([1.0, 4.0, 3.0, 2.0])  # selective search: lower first
-    # rank(score) + rank(-priority) = [2, 0, 2/3, 4/3]
+    value = np.array([2.0, 0.0, 2.0, 4 / 3])
+    priority = np.array([1.0, 4.0, 3.0, 2.0])  # selective search: lower first (breaks ties)
     no_dups = sparse.identity(4, dtype=bool, format="csr")
-    np.testing.assert_array_equal(select_and_rank(score, priority, no_dups, 10), [0, 3, 2, 1])
+    np.testing.assert_array_equal(select_and_rank(value, priority, no_dups, 10), [0, 2, 3, 1])
     dups = sparse.csr_matrix(np.eye(4, dtype=bool) | np.array(
         [[0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], bool))  # 3 duplicates 0
-    np.testing.assert_array_equal(select_and_rank(score, priority, dups, 10), [0, 2, 1])
-    np.testing.assert_array_equal(select_and_rank(score, priority, dups, 2), [0, 2])
+    np.testing.assert_array_equal(select_and_rank(value, priority, dups, 10), [0, 2, 1])
+    np.testing.assert_array_equal(select_and_rank(value, priority, dups, 2), [0, 2])
+
+
+def test_rank_value_known_answer():
+    cues = {"compactness": np.array([0.1, 0.9, 0.5])}
+    score = np.array([0.2, 0.8, 0.5])
+    priority = np.array([3.0, 1.0, 2.0])  # candidate 1 first in selective search's order
+    near = sparse.csr_matrix(np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], bool))
+    # ranks: score [0, 1, .5], compactness [0, 1, .5], -priority [0, 1, .5],
+    # agreement (2, 1, 2 candidates) [.75, 0, .75] at half weight
+    np.testing.assert_allclose(rank_value(cues, score, priority, near),
+                               [0.375, 3.0, 1.875])
 
 
 def test_flat_and_tiny_images_give_the_whole_image():
