@@ -104,6 +104,15 @@ def test_downscaled_working_image_gives_full_resolution_masks():
     assert np.all(best > 0.85)  # coarser working resolution: boundaries within a pixel or two
 
 
+def test_settings_defaults_are_the_schema_defaults():
+    from tag2mask.config import section_options
+    schema = section_options("{}", "proposals")
+    settings = ProposalSettings()
+    for key in ProposalSettings.__dataclass_fields__:
+        value = schema[key]
+        assert getattr(settings, key) == (tuple(value) if isinstance(value, list) else value), key
+
+
 def test_select_and_rank_known_order():
     value = np.array([2.0, 0.0, 2.0, 4 / 3])
     priority = np.array([1.0, 4.0, 3.0, 2.0])  # selective search: lower first (breaks ties)
@@ -190,6 +199,20 @@ def test_hierarchical_grouping_merges_most_similar_first():
     # a disconnected adjacency graph (label 1 has no pixels): no merge, a forest of roots
     assert len(hierarchical_grouping(np.array([[0, 0, 2]]), 3, colour[:3], None, "S")) == 1
     assert len(hierarchical_grouping(np.array([[0, 0]]), 2, colour[:2], None, "SF")) == 0
+
+
+def test_boundary_similarity_merges_weak_boundaries_first():
+    # the same strip; boundaries 0|1 and 2|3 strong, 1|2 weak: B merges 1 and 2 first, then
+    # the merged region with 0 (equal similarity to 0 and 3: the lower index first), then 3
+    labels = np.array([[0, 0, 1, 1, 2, 2, 3, 3]])
+    adjacent = (np.array([[0, 1], [1, 2], [2, 3]]), np.ones(3), np.array([5.0, 1.0, 5.0]))
+    merges = hierarchical_grouping(labels, 4, None, None, "B", adjacent)
+    np.testing.assert_array_equal(merges, [[1, 2], [4, 0], [5, 3]])
+    # colour alone merges the equally coloured 0 and 1 first
+    colour = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert sorted(hierarchical_grouping(labels, 4, colour, None, "C", adjacent)[0]) == [0, 1]
+    with pytest.raises(ValueError, match="boundary contrast"):
+        hierarchical_grouping(labels, 4, None, None, "B")
 
 
 def test_distinct_rows_first_occurrence_order():

@@ -1,37 +1,42 @@
 """Built-in mask proposals: selective-search style hierarchical grouping, vectorised.
 
-No MATLAB, no learned model: scikit-image's Felzenszwalb over-segmentation plus numpy.
+No MATLAB, no learned model: scikit-image's Felzenszwalb over-segmentation plus numpy/scipy.
 
 Per image:
 1. The image is downscaled to `working_size` (longest side) for all the work below; the
    final masks are upsampled back to image resolution (nearest neighbour on a label map).
 2. Over-segmentation: Felzenszwalb-Huttenlocher graph segmentation in each colour space and
    at each scale k (`colour_spaces` x `scales`).
-3. Hierarchical grouping, once per (over-segmentation, similarity mix): the most similar
-   pair of adjacent regions is merged until one region is left (Uijlings et al. 2013). Region
-   features are numpy arrays (colour histograms: 25 bins per channel; texture histograms:
-   Gaussian derivatives in 8 orientations, 10 bins per channel; size; bounding box); a merge
-   forms the new region's histograms as the size-weighted sum of its parts. Adjacency comes
-   from np.unique on the label pairs of neighbouring pixels. Similarity mixes are strings of
-   the letters C (colour), T (texture), S (size: small regions merge first) and F (fill: how
-   well two regions fit into their joint box), e.g. "CTSF".
-4. Every region of every hierarchy is a set of superpixels, kept as a row of a boolean matrix
-   [regions, superpixels]. To compare regions from different over-segmentations, all
-   over-segmentations are overlaid into "atoms" (pixels with the same superpixel in every
-   over-segmentation); a region's mask is then a boolean row over atoms, obtained by one
-   indexing operation, and materialising a mask is one more.
-5. Exact duplicates (equal atom rows) are joined. Near duplicates (IoU >= `dedup_iou`) are
-   found with sparse matrix products of the atom-membership matrix weighted by atom areas,
-   each block of regions compared only with regions of compatible area.
+3. All over-segmentations are overlaid into "atoms" (pixels with the same superpixel in every
+   over-segmentation). Colour histograms (25 bins per channel) and texture histograms
+   (Gaussian derivatives in 8 orientations, 10 bins per channel) are counted once per atom
+   and colour space; a superpixel's are sums over its atoms. The atom adjacency (boundary
+   length and Lab contrast of each adjacent pair) gives every over-segmentation's
+   superpixel adjacency and, later, each region's contour.
+4. Hierarchical grouping, once per (over-segmentation, similarity mix): the most similar
+   pair of adjacent regions is merged until one region is left (Uijlings et al. 2013); a
+   merge forms the new region's histograms as the size-weighted sum of its parts. Mixes are
+   strings of the letters C (colour), T (texture), S (size: small regions merge first),
+   F (fill: how well two regions fit into their joint box) and B (boundary: weak shared
+   boundaries first), e.g. "CTSF". A hierarchy is its merge forest; the superpixels of
+   every region are contiguous in the forest's depth-first leaf order, which gives all
+   regions as rows of one sparse matrix [regions, atoms] without materialising dense masks.
+5. Exact duplicates (equal atom rows, found by hashing) are joined. Near duplicates
+   (IoU >= `dedup_iou`) are found with sparse matrix products of the atom-membership matrix
+   weighted by atom areas, each block of regions compared only with regions of compatible
+   area, regions over half the image entering as their complement.
 6. Each region gets an objectness score (`objectness`: contour contrast, compactness,
    distance from the image border), stored as the proposal's score. Proposals are ranked by
-   objectness rank + selective search's (hierarchy level x random) rank (`select_and_rank`),
-   then de-duplicated greedily in rank order (a proposal whose IoU with a better-ranked kept
-   one is >= `dedup_iou` is dropped) until `max_proposals` are kept.
-7. Masks are written as COCO RLE straight from the atom representation (`members_to_rle`).
+   `rank_value` (objectness, compactness, selective search's randomised hierarchy-level
+   order and near-duplicate agreement), then de-duplicated greedily in rank order (a
+   proposal whose IoU with a better-ranked kept one is >= `dedup_iou` is dropped) until
+   `max_proposals` are kept (`select_and_rank`).
+7. Masks are written as COCO RLE straight from the atom representation (`members_to_rle`:
+   sparse products over the label changes of the upsampled atom map, and a vectorised COCO
+   string encoder).
 
 Settings and measured quality/speed: `ProposalSettings`, config/schema.yaml (`proposals`),
-benchmarks/proposals_vs_selectivesearch.py.
+config/voc.yaml (photographs), benchmarks/proposals_vs_selectivesearch.py.
 """
 
 import heapq
@@ -61,9 +66,9 @@ class ProposalSettings:
     as in config/schema.yaml)."""
     max_proposals: int = 2000
     working_size: int = 256
-    scales: tuple = (100, 300)
-    colour_spaces: tuple = ("hsv", "lab")
-    strategies: tuple = ("CTSF", "TSF", "F")
+    scales: tuple = (30, 300)
+    colour_spaces: tuple = ("hsv",)
+    strategies: tuple = ("CSF", "BS", "F")
     sigma: float = 0.8
     min_size: int = 20
     dedup_iou: float = 0.9
