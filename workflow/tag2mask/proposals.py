@@ -497,23 +497,33 @@ def members_to_rle(members, labels):
 
 def coco_strings(counts, offsets):
     """COCO compressed RLE strings of several masks at once: counts [N] of all masks
-    concatenated, mask k's being counts[offsets[k]:offsets[k+1]]. Vectorised rleToString of
-    pycocotools' maskApi.c: each count (minus the count two before it, from a mask's third
-    count on) as little-endian 5-bit groups, 0x20 set on all but the last group, plus 48."""
+    concatenated, mask k's being counts[offsets[k]:offsets[k+1]] (at least one each).
+    Vectorised rleToString of pycocotools' maskApi.c: each count (minus the count two before
+    it, from a mask's third count on) as little-endian 5-bit groups, 0x20 set on all but
+    the last group, plus 48."""
     counts = np.asarray(counts, np.int64)
     offsets = np.asarray(offsets, np.int64)
+    later = np.ones(len(counts), bool)  # from each mask's third count on
+    for d in (0, 1, 2):
+        later[np.minimum(offsets[:-1] + d, offsets[1:] - 1)] = False
     x = counts.copy()
-    later = np.flatnonzero(np.arange(len(counts)) - np.repeat(offsets[:-1], np.diff(offsets)) > 2)
-    x[later] -= counts[later - 2]
+    np.subtract(x[2:], counts[:-2], out=x[2:], where=later[2:])
     # groups needed: the value's significant bits plus a sign bit, 5 per group, at least one
-    y = np.where(x < 0, ~x, x)
-    n = np.ones(len(x), np.int64)
-    for g in range(1, 13):
-        n += y >= (1 << (5 * g - 1))
-    group = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-    chars = ((np.repeat(x, n) >> (5 * group)) & 0x1F) + 0x20 * (group < np.repeat(n - 1, n)) + 48
-    bounds = np.r_[0, np.cumsum(n)][offsets]
-    text = chars.astype(np.uint8).tobytes().decode("ascii")
+    y = x ^ (x >> 63)  # ~x for negative values
+    top = int(y.max()) if len(y) else 0
+    n_groups = 1
+    while (1 << (5 * n_groups - 1)) <= top:
+        n_groups += 1
+    n = np.ones(len(x), np.int8)
+    table = np.empty((len(x), n_groups), np.uint8)  # the characters, row by row
+    table[:, 0] = (x & 0x1F) + 48
+    for g in range(1, n_groups):
+        more = y >= (1 << (5 * g - 1))
+        n += more
+        table[:, g - 1] += more.view(np.uint8) << 5
+        table[:, g] = ((x >> (5 * g)) & 0x1F) + 48
+    text = table[np.arange(n_groups)[None, :] < n[:, None]].tobytes().decode("ascii")
+    bounds = np.r_[0, np.cumsum(n, dtype=np.int64)][offsets]
     return [text[bounds[k]:bounds[k + 1]] for k in range(len(offsets) - 1)]
 
 
