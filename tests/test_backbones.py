@@ -83,6 +83,24 @@ def test_efficientnet_lite0_package_weights_recognise_a_photo():
     assert 281 <= top <= 285  # ImageNet's cat classes (tabby, tiger, Persian, Siamese, Egyptian)
 
 
+@pytest.mark.parametrize("stride", [8, 16])
+def test_dilated_efficientnet_lite0_keeps_its_imagenet_weights_valid(stride):
+    """Stride 8 / 16 come from dilating the deep stages: the maps are H/stride and the package's
+    ImageNet classifier on their average is as sure as at stride 32 (0.94) that skimage's cat
+    photo is a cat. (Stride 1 convs without the dilation still rank a cat first, at 0.015.)"""
+    data = pytest.importorskip("skimage.data")
+    b = build_backbone("efficientnet_lite0", stride, pretrained=True).eval()
+    package = torch.load(efficientnet_lite0_package_file(), map_location="cpu", weights_only=True)
+    x = torch.tensor(data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear")
+    with torch.no_grad():
+        features = b((x - 0.5) / 0.5)
+        logits = features.mean((2, 3)) @ package["_fc.weight"].T + package["_fc.bias"]
+    assert features.shape == (1, 1280, 224 // stride, 224 // stride)
+    assert 281 <= logits.argmax().item() <= 285
+    assert logits.softmax(1)[0, 281:286].sum() > 0.8  # ImageNet's five cat classes
+
+
 def test_peak_classifier_maps_and_scores():
     model = PeakClassifier("tiny", ["a", "b", "c"], stride=8).eval()
     assert isinstance(model.head, torch.nn.Conv2d) and model.head.kernel_size == (1, 1)
