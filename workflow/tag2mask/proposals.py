@@ -432,14 +432,22 @@ def near_duplicates(members, weights, threshold, block=64):
         e = min(n, s + block)
         lo = np.searchsorted(a, a[s] * threshold, "left")
         hi = np.searchsorted(a, a[e - 1] / threshold, "right")
-        p = (rw[s:e] @ r[lo:hi].T).toarray().astype(np.float64)  # [block, window]
-        fi, fj = flip[s:e, None], flip[None, lo:hi]
-        ai, aj = a[s:e, None], a[None, lo:hi]
-        inter = np.where(fi & fj, total - stored[s:e, None] - stored[None, lo:hi] + p,
-                         np.where(fi, aj - p, np.where(fj, ai - p, p)))
+        product = rw[s:e] @ r[lo:hi].T  # [block, window]
         # areas are sums of integer weights: exact; the test in float32 as iou_matrix's
-        union = (ai + aj - inter).astype(np.float32)
-        i, j = np.nonzero((inter > 0) & (inter.astype(np.float32) >= threshold * union))
+        if not flip[hi - 1]:  # no complement in the window: only overlapping pairs qualify
+            product = product.tocoo()
+            i, j, inter = product.row, product.col, product.data
+            union = (a[s + i] + a[lo + j] - inter).astype(np.float32)
+            keep = inter >= threshold * union
+            i, j = i[keep], j[keep]
+        else:  # a pair not overlapping in the stored rows may still overlap: all pairs
+            p = product.toarray().astype(np.float64)
+            fi, fj = flip[s:e, None], flip[None, lo:hi]
+            ai, aj = a[s:e, None], a[None, lo:hi]
+            inter = np.where(fi & fj, total - stored[s:e, None] - stored[None, lo:hi] + p,
+                             np.where(fi, aj - p, np.where(fj, ai - p, p)))
+            union = (ai + aj - inter).astype(np.float32)
+            i, j = np.nonzero((inter > 0) & (inter.astype(np.float32) >= threshold * union))
         rows.append(order[s + i])
         cols.append(order[lo + j])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
@@ -571,23 +579,24 @@ def rank01(x):
 def region_cues(members, atom_area, edges, edge_length, edge_contrast, border_atoms):
     """Per-candidate measurements used by `objectness` (dict of arrays [R]).
 
-    A region's contour is the set of atom-adjacency edges with one end inside: its length
-    is (boundary length of all its atoms) - 2 x (length of the edges inside it), and the
-    inside part is a sparse product with the weighted adjacency matrix."""
+    A region's contour is the set of atom-adjacency edges with exactly one end inside: the
+    product of the membership rows with the signed edge incidence (+1 at one end, -1 at the
+    other) is nonzero on exactly those edges, and one more product sums their boundary
+    length and contrast."""
     n_atoms = len(atom_area)
-    m = sparse.csr_matrix(members, dtype=np.float64)
-
-    def contour_sum(values):
-        per_atom = np.bincount(edges.ravel(), np.repeat(values, 2), minlength=n_atoms)
-        adj = sparse.csr_matrix((np.r_[values, values], (np.r_[edges[:, 0], edges[:, 1]],
-                                                          np.r_[edges[:, 1], edges[:, 0]])),
-                                shape=(n_atoms, n_atoms))
-        inside = np.asarray((m @ adj).multiply(m).sum(1)).ravel()  # 2 x internal edges
-        return m @ per_atom - inside
-
-    contour_len = np.round(contour_sum(edge_length.astype(np.float64)))  # pixel-pair counts
-    contrast = np.where(contour_len > 0, np.maximum(contour_sum(edge_contrast), 0)
-                        / np.maximum(contour_len, 1), 0.0)
+    n_edges = len(edges)
+    m = sparse.csr_matrix(members, dtype=np.int8)
+    incidence = sparse.csr_matrix(
+        (np.r_[np.ones(n_edges, np.int8), -np.ones(n_edges, np.int8)],
+         (edges.T.ravel(), np.tile(np.arange(n_edges), 2))), shape=(n_atoms, n_edges))
+    cut = m @ incidence  # [R, E]: +-1 on contour edges, 0 (dropped) inside and outside
+    cut.eliminate_zeros()
+    cut = sparse.csr_matrix((np.ones(cut.nnz), cut.indices, cut.indptr), shape=cut.shape)
+    cut.sort_indices()  # the same contour sums to the same value, whatever the region
+    contour_len, contour_contrast = (cut @ np.stack([edge_length.astype(np.float64),
+                                                     edge_contrast], 1)).T
+    contrast = np.where(contour_len > 0, contour_contrast / np.maximum(contour_len, 1), 0.0)
+    m = m.astype(np.float64)
     area = m @ atom_area.astype(np.float64)
     border = m @ border_atoms.astype(np.float64)
     perimeter = contour_len + border
