@@ -17,8 +17,8 @@ from tag2mask.groundtruth import CocoBuilder
 from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
 from tag2mask.proposals import (ProposalSettings, coco_strings, distinct_rows, forest_members,
                                 hierarchical_grouping, iou_matrix, members_to_rle,
-                                near_duplicates, propose, rank_value, select_and_rank,
-                                upsample_labels)
+                                near_duplicates, propose, rank_value, region_cues,
+                                select_and_rank, upsample_labels)
 from tag2mask.proposals_import import import_external, rle_string_counts
 from tag2mask.proposals_quality import best_overlaps, evaluate_store, image_figures
 from tag2mask.store import StoreReader, StoreWriter
@@ -213,6 +213,23 @@ def test_boundary_similarity_merges_weak_boundaries_first():
     assert sorted(hierarchical_grouping(labels, 4, colour, None, "C", adjacent)[0]) == [0, 1]
     with pytest.raises(ValueError, match="boundary contrast"):
         hierarchical_grouping(labels, 4, None, None, "B")
+
+
+def test_region_cues_known_contours():
+    # four atoms in a row: 0 | 1 | 2 | 3, boundaries of length 2, 3, 4 and contrast sums
+    # 10, 30, 80; areas 5 each; border pixel pairs 4, 2, 2, 4
+    edges = np.array([[0, 1], [1, 2], [2, 3]])
+    length, contrast = np.array([2.0, 3.0, 4.0]), np.array([10.0, 30.0, 80.0])
+    members = sparse.csr_matrix(np.array([[1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]], bool))
+    cues = region_cues(members, np.full(4, 5.0), edges, length, contrast,
+                       np.array([4, 2, 2, 4]))
+    # region {0}: contour edge 0|1; {1, 2}: edges 0|1 and 2|3; everything: no contour
+    np.testing.assert_allclose(cues["contrast"], [10 / 2, (10 + 80) / (2 + 4), 0.0])
+    perimeter = np.array([2 + 4, 6 + 4, 0 + 12])
+    np.testing.assert_allclose(cues["border"], np.array([4, 4, 12]) / perimeter)
+    np.testing.assert_allclose(cues["area"], [0.25, 0.5, 1.0])
+    np.testing.assert_allclose(cues["compactness"],
+                               4 * np.pi * np.array([5, 10, 20]) / perimeter ** 2)
 
 
 def test_distinct_rows_first_occurrence_order():
