@@ -29,13 +29,13 @@ follow the JSON: default and single against the goal of the issue (>= 10x faster
 package, CPU, at equal or better ABO); photos against MCG's class (ABO 0.6-0.7 in ~5-30 s).
 `--builtin-only` skips the package.
 
-Measured (1 thread, --voc-images 50 --synthetic-images 50, CPU s/image):
-    voc-mini   package 1.170 s, ABO 0.334 (678 proposals per image)
-               default 0.129 s, ABO 0.477:  9.1x faster, +0.143
-               single  0.070 s, ABO 0.375: 16.7x faster, +0.041
-               photos  1.092 s, ABO 0.551:  1.1x faster, +0.217
-    synthetic  package 0.053 s, ABO 0.809; default 0.035 s, ABO 0.917 (1.5x);
-               single 0.025 s, ABO 0.851 (2.1x). On 128 px images one Felzenszwalb run
+Measured (1 thread, --voc-images 50 --synthetic-images 50, CPU s/image; runs vary by ~5%):
+    voc-mini   package 1.191 s, ABO 0.334, recall@0.7 0.07 (678 proposals per image)
+               default 0.122 s, ABO 0.477, recall@0.7 0.18:  9.7x faster, +0.143
+               single  0.067 s, ABO 0.375, recall@0.7 0.09: 17.9x faster, +0.041
+               photos  1.000 s, ABO 0.551, recall@0.7 0.26:  1.2x faster, +0.217
+    synthetic  package 0.051 s, ABO 0.809; default 0.034 s, ABO 0.917 (1.5x);
+               single 0.023 s, ABO 0.851 (2.2x). On 128 px images one Felzenszwalb run
                (scikit-image, ~10 ms; ours does one per scale) is most of the package's time.
 """
 
