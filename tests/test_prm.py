@@ -184,6 +184,23 @@ def test_maps_at_a_layer_known_answer():
     expected = F.interpolate(mass.sum(0)[None, None], size=(12, 14), mode="bilinear",
                              align_corners=False)[0, 0]
     torch.testing.assert_close(got, expected / expected.sum())
+    # at the input: conv1's rule (stride 2, zero padding 1) by hand on that mass, where the
+    # ReLU passes it
+    with torch.no_grad():
+        pre = model[0](image)[0]
+    mass = mass * (pre > 0)
+    xs = F.pad(image[0] - image.min(), (1, 1, 1, 1))  # the shifted input, zero padded
+    w_pos = model[0].weight.detach().clamp(min=0)
+    grad = torch.zeros_like(xs)
+    for k in range(4):
+        for i in range(6):
+            for j in range(7):
+                window = xs[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+                share = window * w_pos[k] / (window * w_pos[k]).sum()
+                grad[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3] += mass[k, i, j] * share
+    expected = grad[:, 1:-1, 1:-1].sum(0).clamp(min=0)
+    got = PeakBackprop(model, image).response_maps(torch.tensor([[c, y, x]]))[0]
+    torch.testing.assert_close(got, expected / expected.sum())
     # "input" is the image, as with no layer
     torch.testing.assert_close(PeakBackprop(model, image, layer="input").response_maps(
         torch.tensor([[c, y, x]])), PeakBackprop(model, image).response_maps(
