@@ -10,7 +10,7 @@ from tag2mask.cli import main
 from tag2mask.config import section_options
 from tag2mask.errors import InputError
 from tag2mask.manifest import Manifest, make_record, write_manifest
-from tag2mask.train_classifier import average_precision, train_classifier
+from tag2mask.train_classifier import average_precision, freezes_batchnorm, train_classifier
 
 CLASSES = ["bright", "dark"]
 
@@ -138,3 +138,19 @@ def test_average_precision_known_answers():
     # class 1: its positive ties with a negative at the top score: precision 1/2 there
     assert ap[1] == pytest.approx(0.5)
     assert np.isnan(average_precision(scores, np.zeros_like(targets))).all()
+
+
+def test_freeze_bn_applies_to_pretrained_backbones_only(manifest, tmp_path, caplog):
+    """A from-scratch backbone with freeze_bn (a demo config switched to tiny) trains its
+    BatchNorm, with a warning: frozen at mean 0 / variance 1 it would collapse."""
+    assert freezes_batchnorm(options(backbone="efficientnet_lite0", pretrained=True,
+                                     freeze_bn=True))
+    assert freezes_batchnorm(options(backbone="resnet18", pretrained=False,
+                                     pretrained_path="r18.pth", freeze_bn=True))
+    assert not freezes_batchnorm(options(freeze_bn=False))
+    model, _ = train_classifier(manifest, options(freeze_bn=True, pretrained=True, epochs=1),
+                                tmp_path / "run", progress=False)
+    assert "freeze_bn ignored: the tiny backbone is trained from scratch" in caplog.text
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.weight.requires_grad for m in bns)
+    assert all(m.num_batches_tracked > 0 for m in bns)  # statistics were updated

@@ -132,6 +132,19 @@ def make_optimizer(model, options):
     return torch.optim.Adam(params, lr=options["lr"], weight_decay=options["weight_decay"])
 
 
+def freezes_batchnorm(options):
+    """Whether `freeze_bn` applies: only a backbone that starts from ImageNet weights has
+    BatchNorm statistics worth keeping; frozen at their initial values (mean 0, variance 1)
+    they would leave a from-scratch network without normalisation, which collapses."""
+    if not options["freeze_bn"]:
+        return False
+    if options["backbone"] == "tiny" or not (options["pretrained"] or options["pretrained_path"]):
+        log.warning("classifier.freeze_bn ignored: the %s backbone is trained from scratch, so "
+                    "its BatchNorm layers train", options["backbone"])
+        return False
+    return True
+
+
 def freeze_batchnorm(model):
     """BatchNorm layers in eval mode (running statistics fixed) with frozen affine weights."""
     for m in model.modules():
@@ -214,7 +227,8 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
 
     torch.manual_seed(options["seed"])
     model = build_classifier(options, manifest.classes).to(device)
-    if options["freeze_bn"]:
+    freeze_bn = freezes_batchnorm(options)
+    if freeze_bn:
         freeze_batchnorm(model)
     optimizer = make_optimizer(model, options)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(options))
@@ -256,7 +270,7 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
     for epoch in range(start, epochs):
         t0 = time.time()
         model.train()
-        if options["freeze_bn"]:
+        if freeze_bn:
             freeze_batchnorm(model)
         items, sizes = epoch_plan(len(train), epoch, options)
         loader = DataLoader(train_set, batch_size=options["batch_size"], sampler=items,
