@@ -47,6 +47,8 @@ rule gather_peaks:
         code=code_digest("gather_cli", "store"),
     log:
         f"{RUN}/logs/gather_peaks.log",
+    benchmark:
+        f"{RUN}/benchmarks/gather_peaks.tsv"
     conda:
         "../envs/tag2mask.yaml"
     resources:

@@ -50,6 +50,8 @@ rule gather_proposals:
         code=code_digest("gather_cli", "store"),
     log:
         f"{RUN}/logs/gather_proposals.log",
+    benchmark:
+        f"{RUN}/benchmarks/gather_proposals.tsv"
     conda:
         "../envs/tag2mask.yaml"
     resources:

@@ -46,6 +46,8 @@ rule gather_pseudo_masks:
         code=code_digest("gather_cli", "store"),
     log:
         f"{RUN}/logs/gather_pseudo_masks.log",
+    benchmark:
+        f"{RUN}/benchmarks/gather_pseudo_masks.tsv"
     conda:
         "../envs/tag2mask.yaml"
     resources:
