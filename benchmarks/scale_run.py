@@ -18,8 +18,8 @@ seconds.
 
 Memory: the `max_rss` column (MB) of the per-job `benchmark:` TSV files Snakemake writes (the
 job's process tree, sampled every 0.5 s for the first 15 s, then every 30 s), per stage the max
-over its jobs, and, because sampling can miss a short peak and the gather rules have no
-benchmark file, each job's exact peak RSS (the kernel's high-water mark, getrusage) and CPU
+over its jobs, and, because sampling can miss a short peak (gathers last a second or two),
+each job's exact peak RSS (the kernel's high-water mark, getrusage) and CPU
 seconds, recorded by a `sitecustomize.py` put on PYTHONPATH for these runs only (the TSVs'
 cpu_time misses the CPU used after a job's last sample). Goal: flat, i.e. no command's exact
 peak grows by more than 10% (or MEMORY_SLACK_MB, whichever is larger) from the smallest to the
