@@ -3,7 +3,7 @@
 # Quality against ground truth (precision, instance recall, duplicates) only with GT.
 
 PEAKS = config["peaks"]
-_PEAKS_CODE = code_digest("peaks", "peaks_cli", "prm", "peak_stimulation", "classifier",
+_PEAKS_CODE = code_digest("peaks", "peaks_cli", "prm", "grid", "peak_stimulation", "classifier",
                           "backbones", "panels", "store", "images", "manifest", "shards")
 
 

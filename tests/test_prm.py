@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tag2mask.errors import InputError
+from tag2mask.grid import resample
 from tag2mask.prm import PeakBackprop, normalise, positive_backprop
 
 # torch notes that an even 'same' kernel pads a copy of the input: expected here
@@ -165,7 +166,7 @@ def test_timm_same_padding_conv_and_bn_act():
 
 def test_maps_at_a_layer_known_answer():
     """Maps at the output of conv1 of conv1 -> ReLU -> conv2 (3x3): the positive-weight rule
-    of conv2 alone on that output, summed over channels, upsampled x2 (conv1 has stride 2)."""
+    of conv2 alone on that output, summed over channels, resampled x2 (conv1 has stride 2)."""
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
                           nn.Conv2d(4, 2, 3, padding=1)).eval()
@@ -181,8 +182,8 @@ def test_maps_at_a_layer_known_answer():
     window = xs[:, y - 1:y + 2, x - 1:x + 2]
     mass = torch.zeros_like(xs)
     mass[:, y - 1:y + 2, x - 1:x + 2] = window * w_pos / (window * w_pos).sum()
-    expected = F.interpolate(mass.sum(0)[None, None], size=(12, 14), mode="bilinear",
-                             align_corners=False)[0, 0]
+    # resampled onto the input: layer cell j at input pixel 2 j (tag2mask.grid)
+    expected = resample(mass.sum(0)[None, None], 2, (12, 14), (12, 14))[0, 0]
     torch.testing.assert_close(got, expected / expected.sum())
     # at the input: conv1's rule (stride 2, zero padding 1) by hand on that mass, where the
     # ReLU passes it

@@ -13,8 +13,9 @@ Per image (resized to the classifier's square input, as in training):
 An image without any peak is written with num_peaks = 0 and counted, never an error.
 
 Store layout (kind "peaks"): docs/formats.md. Coordinates are image pixels (row, col) of
-pixel centres: map pixel i of an n-pixel axis covering an N-pixel image axis lies at
-(i + 0.5) * N / n - 0.5.
+pixel centres. A class-map cell j of the stride-s classifier lies at input pixel s * j (not at
+the centre of an s-pixel block, tag2mask.grid); the stored class maps are resampled with that
+geometry, and the response maps are at the input's pixels.
 """
 
 import logging
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from .config import digest
 from .images import load_rgb
 from .errors import InputError
+from .grid import cell_to_input, input_to_image, layer_stride, resample, upsampled_to_cell
 from .peak_stimulation import peak_mask
 from .prm import PeakBackprop
 from .store import StoreWriter, image_key
@@ -51,10 +53,21 @@ def map_shape(height, width, map_size):
 
 
 def to_image_pixels(rows_cols, grid_hw, image_hw):
-    """Map-pixel (row, col) centres on a grid_hw grid -> float image pixels (row, col)."""
+    """Pixel (row, col) centres of a grid_hw pixel grid spanning the image (the resized input,
+    a resized map) -> float image pixels (row, col). Not for class-map cells: peak_pixels."""
     rc = np.asarray(rows_cols, np.float64).reshape(-1, 2)
     scale = np.asarray(image_hw, np.float64) / np.asarray(grid_hw, np.float64)
     return ((rc + 0.5) * scale - 0.5).astype(np.float32)
+
+
+def peak_pixels(peaks_yx, upsample, stride, cells_hw, input_hw, image_hw):
+    """Peak (row, col) on the class maps (cells_hw cells) upsampled x `upsample` -> float32
+    image pixels: the upsampled pixel's cell coordinate, cell j at input pixel stride * j,
+    input to image. Upsampled pixels beyond the first or last cell repeat its value (a border
+    plateau): they are that cell."""
+    cells = upsampled_to_cell(np.asarray(peaks_yx).reshape(-1, 2), upsample)
+    cells = np.clip(cells, 0, np.asarray(cells_hw) - 1)
+    return input_to_image(cell_to_input(cells, stride), input_hw, image_hw).astype(np.float32)
 
 
 def input_tensor(rgb, size, device):
@@ -132,7 +145,7 @@ def image_peaks(model, rgb, tags, options, device, input_size, score_upsample=1)
     responses = pb.response_maps(peaks, chunk=options["chunk"])
     pb.release()
     shape = map_shape(height, width, options["map_size"])
-    up_hw = pb.upsampled_maps.shape[-2:]
+    stride = layer_stride(input_size, pb.class_maps.shape[-1])
     in_hw = responses.shape[-2:] if len(responses) else x.shape[-2:]
     argmax = responses.flatten(1).argmax(1) if len(responses) else peaks.new_zeros(0)
     argmax_rc = torch.stack([argmax // in_hw[1], argmax % in_hw[1]], 1) if len(responses) \
@@ -140,13 +153,13 @@ def image_peaks(model, rgb, tags, options, device, input_size, score_upsample=1)
     class_maps = pb.class_maps[0, classes] if classes else pb.class_maps.new_zeros(
         (0,) + tuple(pb.class_maps.shape[-2:]))
     if len(class_maps):
-        class_maps = F.interpolate(class_maps[None].float(), size=shape, mode="bilinear",
-                                   align_corners=False)[0]
+        class_maps = resample(class_maps[None].float(), stride, x.shape[-2:], shape)[0]
     else:
         class_maps = class_maps.new_zeros((0,) + shape)
     arrays = {
         "peak_class": peaks[:, 0].cpu().numpy().astype(np.int16),
-        "peak_yx": to_image_pixels(peaks[:, 1:].cpu().numpy(), up_hw, (height, width)),
+        "peak_yx": peak_pixels(peaks[:, 1:].cpu().numpy(), options["upsample"], stride,
+                               pb.class_maps.shape[-2:], x.shape[-2:], (height, width)),
         "peak_value": values.float().cpu().numpy().astype(np.float32),
         "response_maps": resize_normalised(responses.float(), shape).cpu().numpy()
         .astype(np.float16),

@@ -18,7 +18,8 @@ whole image and the maps at the input no longer depend on the peak (peaks_qualit
 figures; the same with random weights, and nearly so with W+ alone instead of X * W+, so it is
 the footprint, not the activation weighting; ResNet-50 at 256 px keeps them apart).
 `layer=` takes the maps at the output of a classifier layer instead (the excitation mass there,
-summed over channels, upsampled to the input), as Excitation Backprop (Zhang et al. 2016) reads
+summed over channels, resampled onto the input's pixels with the layer's cell geometry,
+tag2mask.grid), as Excitation Backprop (Zhang et al. 2016) reads
 attention maps at intermediate layers.
 
 PRM's reference does one backward pass per peak. `PeakBackprop` forwards an image once and
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .grid import layer_stride, resample
 
 EPS = 1e-10
 
@@ -195,11 +197,13 @@ def positive_backprop(model):
 
 def normalise(grads, size=None):
     """Gradients [P, C, h, w] -> response maps [P, H, W]: sum over channels (RGB at the
-    input), clamp >= 0, bilinearly resize to `size` (H, W) when given, each map sums to 1."""
+    input), clamp >= 0, each map sums to 1. With `size`, the input's (H, W), the maps of a
+    strided layer are bilinearly resampled onto the input's pixels, cell j at input pixel
+    stride * j (tag2mask.grid)."""
     r = grads.sum(dim=1).clamp(min=0)
     if size is not None and tuple(r.shape[-2:]) != tuple(size):
-        r = F.interpolate(r[:, None], size=tuple(size), mode="bilinear",
-                          align_corners=False)[:, 0]
+        stride = layer_stride(size[-1], r.shape[-1])
+        r = resample(r[:, None], stride, tuple(size), tuple(size))[:, 0].clamp(min=0)
     total = r.flatten(1).sum(dim=1).view(-1, 1, 1)
     return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), r)
 
