@@ -138,6 +138,18 @@ def test_response_layer(setup, capsys):
         np.testing.assert_allclose(e["response_maps"].astype(np.float64).sum((1, 2)), 1,
                                    atol=5e-3)
         assert not np.array_equal(e["response_maps"], at_input[image_id]["response_maps"])
+    # a mapping picks by the classifier's backbone (tiny here); one not in it: the input
+    by_backbone = {"tiny": "backbone.features.2", "efficientnet_lite0": "backbone.net.blocks.5"}
+    attrs, picked = read_all(extract(setup, "picked", {**options, "response_layer": by_backbone}))
+    assert attrs["response_layer"] == "backbone.features.2"
+    other = {"resnet18": "backbone.features.6"}
+    attrs, other = read_all(extract(setup, "other", {**options, "response_layer": other}))
+    assert attrs["response_layer"] == "input"
+    for image_id in at_layer:
+        np.testing.assert_array_equal(picked[image_id]["response_maps"],
+                                      at_layer[image_id]["response_maps"])
+        np.testing.assert_array_equal(other[image_id]["response_maps"],
+                                      at_input[image_id]["response_maps"])
     folder, manifest, checkpoint = setup
     argv = ["extract-peaks", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
             "--config", json.dumps({**options, "response_layer": "backbone.nope"}),

@@ -46,6 +46,14 @@ def options_digest(options):
     return digest({k: v for k, v in options.items() if k not in NOT_IN_DIGEST})
 
 
+def resolve_response_layer(value, backbone):
+    """peaks.response_layer for a classifier with `backbone`: a mapping picks the backbone's
+    entry (None, the input, for a backbone not in it); a string or None is used as it is."""
+    if isinstance(value, dict):
+        return value.get(backbone)
+    return value
+
+
 def map_shape(height, width, map_size):
     """(h, w) of the stored maps: longest side map_size, the image's aspect ratio."""
     scale = map_size / max(height, width)

@@ -46,7 +46,7 @@ def add_command(sub):
 
 
 def run_extract(args):
-    from .peaks import extract
+    from .peaks import extract, resolve_response_layer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,14 +56,16 @@ def run_extract(args):
     model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
     model.requires_grad_(False)  # only input gradients are needed
     input_size = options["input_size"] or meta["input_size"]
+    options["response_layer"] = resolve_response_layer(options["response_layer"],
+                                                       meta["backbone"])
     records, start = select_shard(manifest, options["splits"], args.shard, args.num_shards,
                                   "peaks.splits")
     panel_indices = range(max(0, min(options["panels"] - start, len(records))))
     if args.panels is not None:
         args.panels.mkdir(parents=True, exist_ok=True)
-    log.info("shard %d/%d: %d images on %s, input %d px, classifier %s (%s)", args.shard,
-             args.num_shards, len(records), device, input_size, args.checkpoint,
-             meta["backbone"])
+    log.info("shard %d/%d: %d images on %s, input %d px, classifier %s (%s), response maps "
+             "at %s", args.shard, args.num_shards, len(records), device, input_size,
+             args.checkpoint, meta["backbone"], options["response_layer"] or "the input")
     extract(records, manifest, model, options, args.out, device, input_size,
             panel_dir=args.panels, panel_indices=panel_indices if args.panels else (),
             progress=not args.no_progress,
