@@ -18,7 +18,7 @@ from tag2mask.manifest import Manifest, make_record, read_manifest, write_manife
 from tag2mask.proposals import (ProposalSettings, coco_strings, distinct_rows, forest_members,
                                 hierarchical_grouping, iou_matrix, members_to_rle,
                                 near_duplicates, propose, rank_value, region_cues,
-                                select_and_rank, upsample_labels)
+                                rgb_to_hsv, select_and_rank, upsample_labels)
 from tag2mask.proposals_import import import_external, rle_string_counts
 from tag2mask.proposals_quality import best_overlaps, evaluate_store, image_figures
 from tag2mask.store import StoreReader, StoreWriter
@@ -237,6 +237,16 @@ def test_distinct_rows_first_occurrence_order():
     first, inverse = distinct_rows(sparse.csr_matrix(rows))
     np.testing.assert_array_equal(first, [0, 1, 3])
     np.testing.assert_array_equal(inverse, [0, 1, 0, 2, 1, 2])
+
+
+def test_rgb_to_hsv_is_skimages():
+    from skimage import color
+    rng = np.random.default_rng(4)
+    img = rng.integers(0, 256, (40, 50, 3)).astype(np.float64) / 255
+    img[:5] = img[:5, :, :1]  # greys: hue and saturation 0
+    img[5:10, :, 2] = img[5:10, :, 1]  # ties between the maximum channels
+    img[10:12] = 0
+    np.testing.assert_array_equal(rgb_to_hsv(img), color.rgb2hsv(img))
 
 
 def test_upsample_labels_nearest():
