@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import sparse
+from skimage.segmentation import felzenszwalb
 
 from tag2mask import cli
 from tag2mask import masks as mask_rle
@@ -17,8 +18,9 @@ from tag2mask.groundtruth import CocoBuilder
 from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
 from tag2mask.proposals import (ProposalSettings, coco_strings, distinct_rows, forest_members,
                                 hierarchical_grouping, iou_matrix, members_to_rle,
-                                near_duplicates, propose, rank_value, region_cues,
-                                rgb_to_hsv, select_and_rank, upsample_labels)
+                                near_duplicates, nest, propose, rank_value, region_cues,
+                                rgb_to_hsv, select_and_rank, to_colour_space,
+                                upsample_labels, working_image)
 from tag2mask.proposals_import import import_external, rle_string_counts
 from tag2mask.proposals_quality import best_overlaps, evaluate_store, image_figures
 from tag2mask.store import StoreReader, StoreWriter
@@ -247,6 +249,35 @@ def test_rgb_to_hsv_is_skimages():
     img[5:10, :, 2] = img[5:10, :, 1]  # ties between the maximum channels
     img[10:12] = 0
     np.testing.assert_array_equal(rgb_to_hsv(img), color.rgb2hsv(img))
+
+
+def test_nest_known_answer():
+    fine = np.array([[0, 0, 1, 1, 2],
+                     [3, 3, 1, 4, 2]])
+    coarse = np.array([[5, 5, 5, 5, 7],
+                       [5, 7, 7, 7, 7]])
+    # 0: all in 5; 1: two of three in 5; 2 and 4: in 7; 3: one each, the first (5) wins
+    np.testing.assert_array_equal(nest(fine, coarse), [[0, 0, 0, 0, 1],
+                                                       [0, 0, 0, 1, 1]])
+
+
+def test_coarse_scales_nested_into_the_fine_superpixels():
+    rgb, objects = scene(2, size=(120, 140))
+    options = {**SMALL, "colour_spaces": ["hsv"], "scales": [30, 300]}
+    flat = propose(rgb, ProposalSettings.from_options(options), "s")
+    nested = propose(rgb, ProposalSettings.from_options({**options, "coarse_downscale": 2}), "s")
+    # atoms are the fine superpixels themselves (overlaid, the coarse boundaries cut them)
+    fine = felzenszwalb(to_colour_space(working_image(rgb, 128), "hsv"), scale=30, sigma=0.8,
+                        min_size=20)
+    n_fine = fine.max() + 1
+    assert len(np.unique(nested.atoms * n_fine + fine)) == nested.atoms.max() + 1 == n_fine
+    assert flat.atoms.max() + 1 > n_fine
+    # the coarse scale adds regions the fine one's hierarchies do not have
+    fine_only = propose(rgb, ProposalSettings.from_options({**options, "scales": [30]}), "s")
+    assert not set(nested.rle()) <= set(fine_only.rle())
+    masks = nested.masks().reshape(len(nested), -1)
+    best = iou_matrix(masks, np.array([o.ravel() for o in objects]), np.ones(masks.shape[1]))
+    assert np.all(best.max(0) > 0.9)
 
 
 def test_upsample_labels_nearest():

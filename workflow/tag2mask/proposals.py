@@ -73,6 +73,7 @@ class ProposalSettings:
     min_size: int = 20
     dedup_iou: float = 0.9
     min_area: float = 0.0005
+    coarse_downscale: float = 1.0
     seed: int = 0
 
     @classmethod
@@ -269,8 +270,10 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
             hists[-1][:n] = h
 
     def histogram_similarity(i, js):  # region(s) i with regions js: summed intersections
-        s = np.zeros(len(js))
-        for h in hists:
+        if not hists:
+            return np.zeros(len(js))
+        s = np.minimum(hists[0][i], hists[0][js]).sum(1)
+        for h in hists[1:]:
             s += np.minimum(h[i], h[js]).sum(1)
         return s
 
@@ -311,20 +314,26 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
         size.append(st)
         wi, wj = size[i] / st, size[j] / st
         for h in hists:
-            h[t] = wi * h[i] + wj * h[j]
-        bi, bj = boxes[i], boxes[j]
-        bt = (min(bi[0], bj[0]), min(bi[1], bj[1]), max(bi[2], bj[2]), max(bi[3], bj[3]))
-        boxes.append(bt)
+            ht = h[t]
+            np.multiply(h[i], wi, out=ht)
+            ht += wj * h[j]
+        i0, i1, i2, i3 = boxes[i]
+        j0, j1, j2, j3 = boxes[j]
+        t0, t1 = (i0 if i0 < j0 else j0), (i1 if i1 < j1 else j1)
+        t2, t3 = (i2 if i2 > j2 else j2), (i3 if i3 > j3 else j3)
+        boxes.append((t0, t1, t2, t3))
         merges.append((i, j))
-        nb = dict(neighbours[i])
+        nb = neighbours[i]
+        neighbours[i] = None
         for k, (ln, c) in neighbours[j].items():
             if k in nb:
                 l0, c0 = nb[k]
                 nb[k] = (l0 + ln, c0 + c)
             else:
                 nb[k] = (ln, c)
+        neighbours[j] = None
+        del nb[j]
         nb.pop(i, None)
-        nb.pop(j, None)
         for k, v in nb.items():
             nk = neighbours[k]
             nk.pop(i, None)
@@ -338,9 +347,9 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
                 if use_s:
                     s += 1.0 - (st + size[k]) / total
                 if use_f:
-                    bk = boxes[k]
-                    joint = ((max(bt[2], bk[2]) - min(bt[0], bk[0]) + 1)
-                             * (max(bt[3], bk[3]) - min(bt[1], bk[1]) + 1))
+                    k0, k1, k2, k3 = boxes[k]
+                    joint = (((t2 if t2 > k2 else k2) - (t0 if t0 < k0 else k0) + 1)
+                             * ((t3 if t3 > k3 else k3) - (t1 if t1 < k1 else k1) + 1))
                     s += 1.0 - (joint - st - size[k]) / total
                 if use_b:
                     ln, c = nb[k]
@@ -676,6 +685,53 @@ def objectness(cues):
 # the generator
 
 
+def coarse_image(rgb, img, settings):
+    """(RGB float image for the coarse over-segmentations, its Lab or None) or None: the
+    image downscaled so its longest side is the working image's / `coarse_downscale`, when
+    that is > 1 and there are scales above the smallest."""
+    if settings.coarse_downscale <= 1 or len(set(settings.scales)) == 1:
+        return None
+    size = max(1, round(max(img.shape[:2]) / settings.coarse_downscale))
+    small = working_image(rgb, size)  # from the image itself: one resampling
+    return small, (color.rgb2lab(small) if "lab" in settings.colour_spaces else None)
+
+
+def over_segmentations(cs, small, space, settings):
+    """Felzenszwalb label maps of colour-space image `cs`, one per scale (settings.scales).
+
+    The smallest scale runs on `cs`. With a coarse image (`coarse_image`), the others run on
+    it, in this colour space, with k and min_size scaled by its share of the pixels (both
+    count pixels, so they mean what they mean at the working resolution), and are nested
+    into the fine one (`nest`): coarse superpixels are unions of fine ones. Without, all run
+    on `cs`."""
+    fine_k = min(settings.scales)
+
+    def run(image, k, share=1.0):
+        return felzenszwalb(image, scale=k * share, sigma=settings.sigma,
+                            min_size=max(1, round(settings.min_size * share)))
+
+    if small is None:
+        return [run(cs, k) for k in settings.scales]
+    fine = run(cs, fine_k)
+    small_cs = to_colour_space(small[0], space, small[1])
+    share = small_cs.shape[0] * small_cs.shape[1] / (cs.shape[0] * cs.shape[1])
+    return [fine if k == fine_k else
+            nest(fine, upsample_labels(run(small_cs, k, share), *cs.shape[:2]))
+            for k in settings.scales]
+
+
+def nest(fine, coarse):
+    """Label map [h, w] whose regions are unions of `fine`'s: each fine region joins the
+    `coarse` region covering most of its pixels (the first such on ties); consecutive
+    labels."""
+    n_fine, n_coarse = int(fine.max()) + 1, int(coarse.max()) + 1
+    overlap = sparse.csr_matrix((np.ones(fine.size, np.int32), (fine.ravel(), coarse.ravel())),
+                                shape=(n_fine, n_coarse))
+    majority = np.asarray(overlap.argmax(axis=1)).ravel()
+    _, label = np.unique(majority, return_inverse=True)
+    return label.ravel()[fine]
+
+
 def image_seed(seed, image_id):
     """Per-image random seed: same image, same proposals, whatever the shard."""
     return [int(seed), zlib.crc32(str(image_id).encode())]
@@ -693,13 +749,12 @@ def candidates(rgb, settings=ProposalSettings(), image_id=""):
     use_colour = any("C" in mix for mix in settings.strategies)
     use_texture = any("T" in mix for mix in settings.strategies)
     segs, seg_space, spaces = [], [], []
+    small = coarse_image(rgb, img, settings)
     for space in settings.colour_spaces:
         cs = to_colour_space(img, space, lab)
         spaces.append((cs, texture_values(cs) if use_texture else None))
-        for k in settings.scales:
-            segs.append(felzenszwalb(cs, scale=k, sigma=settings.sigma,
-                                     min_size=settings.min_size))
-            seg_space.append(len(spaces) - 1)
+        segs += over_segmentations(cs, small, space, settings)
+        seg_space += [len(spaces) - 1] * len(settings.scales)
     atoms, n_atoms, atom_label = overlay(segs)
     atom_area = np.bincount(atoms.ravel(), minlength=n_atoms).astype(np.float64)
     # colour / texture histogram counts of the atoms once per colour space; a superpixel's
