@@ -257,8 +257,9 @@ def test_nest_known_answer():
     coarse = np.array([[5, 5, 5, 5, 7],
                        [5, 7, 7, 7, 7]])
     # 0: all in 5; 1: two of three in 5; 2 and 4: in 7; 3: one each, the first (5) wins
-    np.testing.assert_array_equal(nest(fine, coarse), [[0, 0, 0, 0, 1],
-                                                       [0, 0, 0, 1, 1]])
+    for dense_limit in (100, 0):  # dense and sparse overlap tables
+        np.testing.assert_array_equal(nest(fine, coarse, dense_limit), [[0, 0, 0, 0, 1],
+                                                                        [0, 0, 0, 1, 1]])
 
 
 def test_coarse_scales_nested_into_the_fine_superpixels():

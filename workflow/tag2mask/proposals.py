@@ -428,7 +428,7 @@ def iou_matrix(a, b, weights):
     return inter / np.maximum(union, 1e-9)
 
 
-def near_duplicates(members, weights, threshold, block=64):
+def near_duplicates(members, weights, threshold, block=256):
     """Sparse symmetric matrix (CSR, bool) of pairs of non-empty rows with IoU >= threshold,
     the diagonal included.
 
@@ -720,13 +720,17 @@ def over_segmentations(cs, small, space, settings):
             for k in settings.scales]
 
 
-def nest(fine, coarse):
+def nest(fine, coarse, dense_limit=1 << 22):
     """Label map [h, w] whose regions are unions of `fine`'s: each fine region joins the
     `coarse` region covering most of its pixels (the first such on ties); consecutive
-    labels."""
+    labels. The overlap table is dense up to `dense_limit` entries, else sparse."""
     n_fine, n_coarse = int(fine.max()) + 1, int(coarse.max()) + 1
-    overlap = sparse.csr_matrix((np.ones(fine.size, np.int32), (fine.ravel(), coarse.ravel())),
-                                shape=(n_fine, n_coarse))
+    if n_fine * n_coarse <= dense_limit:
+        overlap = np.bincount((fine.astype(np.int64) * n_coarse + coarse).ravel(),
+                              minlength=n_fine * n_coarse).reshape(n_fine, n_coarse)
+    else:
+        overlap = sparse.csr_matrix((np.ones(fine.size, np.int32),
+                                     (fine.ravel(), coarse.ravel())), shape=(n_fine, n_coarse))
     majority = np.asarray(overlap.argmax(axis=1)).ravel()
     _, label = np.unique(majority, return_inverse=True)
     return label.ravel()[fine]
@@ -866,14 +870,16 @@ def select_and_rank(value, priority, near, max_proposals):
     """
     order = np.lexsort((priority, -value))
     kept = []
-    suppressed = np.zeros(len(order), bool)
-    for i in order:
+    suppressed = bytearray(len(order))  # Python objects: a sequential loop, no numpy calls
+    indptr, indices = near.indptr.tolist(), near.indices
+    for i in order.tolist():
         if suppressed[i]:
             continue
         kept.append(i)
         if len(kept) >= max_proposals:
             break
-        suppressed[near.indices[near.indptr[i]:near.indptr[i + 1]]] = True
+        for j in indices[indptr[i]:indptr[i + 1]].tolist():
+            suppressed[j] = 1
     return np.array(kept, np.int64)
 
 
