@@ -283,6 +283,12 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
     for a, b, ln, c in zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), length.tolist(),
                            con.tolist()):
         neighbours[a][b] = neighbours[b][a] = (ln, c)
+    # Lazy greedy merging: the heap holds one pair (-similarity, owner, other) per living
+    # region, the best of the pairs it owns (the initial pairs their first region, later
+    # pairs the new region); the rest wait in owned[r], best last. A pair popped with a dead
+    # other region makes way for its owner's next one; the most similar living pair is
+    # always on top (ties: the smaller key), as with every pair in the heap.
+    owned = [[] for _ in range(n)] + [None] * (size_m - n)
     heap = []
     if len(pairs):  # all initial pairs at once (numpy); the same formulas as in the loop
         a, b = pairs[:, 0], pairs[:, 1]
@@ -294,7 +300,9 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
             sims += 1.0 - (ext[:, 0] * ext[:, 1] - size0[a] - size0[b]) / total
         if use_b:
             sims += typical / (typical + con / length)
-        heap = list(zip((-sims).tolist(), a.tolist(), b.tolist()))
+        for key in sorted(zip((-sims).tolist(), a.tolist(), b.tolist()), reverse=True):
+            owned[key[1]].append(key)
+        heap = [keys.pop() for keys in owned[:n] if keys]
         heapq.heapify(heap)
     # per-merge work is on few neighbours: sizes and boxes as Python numbers are faster
     # there than numpy calls (and IEEE arithmetic gives the same values)
@@ -306,8 +314,16 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
     pop, push = heapq.heappop, heapq.heappush
     while heap:
         _, i, j = pop(heap)
-        if not (alive[i] and alive[j]):
+        if not alive[i]:
             continue
+        if not alive[j]:  # the owner's next pair with a living region
+            keys = owned[i]
+            while keys and not alive[keys[-1][2]]:
+                keys.pop()
+            if keys:
+                push(heap, keys.pop())
+            continue
+        owned[i] = owned[j] = None
         alive[i] = alive[j] = False
         alive[t] = True
         st = size[i] + size[j]
@@ -343,6 +359,7 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
         if nb:
             js = list(nb)
             sims = (histogram_similarity(t, js).tolist() if hists else [0.0] * len(js))
+            keys = []
             for s, k in zip(sims, js):
                 if use_s:
                     s += 1.0 - (st + size[k]) / total
@@ -354,7 +371,10 @@ def hierarchical_grouping(labels, n, colour_hist, texture_hist, mix, adjacent=No
                 if use_b:
                     ln, c = nb[k]
                     s += typical / (typical + c / ln)
-                push(heap, (-s, t, k))
+                keys.append((-s, t, k))
+            keys.sort(reverse=True)
+            push(heap, keys.pop())
+            owned[t] = keys
         t += 1
     return np.array(merges, np.int64).reshape(-1, 2)
 
@@ -382,18 +402,22 @@ def forest_members(merges, n):
     leaf count for a right child)."""
     m = len(merges)
     total = n + m
-    leaves = np.ones(total, np.int64)
-    for t, (i, j) in enumerate(merges.tolist()):
-        leaves[n + t] = leaves[i] + leaves[j]
+    pairs = merges.tolist()  # the loops run on Python lists (no numpy calls per merge)
+    leaves = [1] * total
+    for t, (i, j) in enumerate(pairs, n):
+        leaves[t] = leaves[i] + leaves[j]
     is_child = np.zeros(total, bool)
     is_child[merges.ravel()] = True
     roots = np.flatnonzero(~is_child)
-    start = np.zeros(total, np.int64)
-    start[roots] = np.cumsum(leaves[roots]) - leaves[roots]
+    root_leaves = np.array(leaves, np.int64)[roots]
+    start = [0] * total
+    for r, s in zip(roots.tolist(), (np.cumsum(root_leaves) - root_leaves).tolist()):
+        start[r] = s
     for t in range(m - 1, -1, -1):  # parents before children
-        i, j = merges[t].tolist()
+        i, j = pairs[t]
         start[i] = start[n + t]
         start[j] = start[n + t] + leaves[i]
+    leaves, start = np.array(leaves, np.int64), np.array(start, np.int64)
     order = np.empty(n, np.int64)
     order[start[:n]] = np.arange(n)
     indptr = np.r_[0, np.cumsum(leaves)]
