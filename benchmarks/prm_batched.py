@@ -3,7 +3,7 @@
     PYTHONPATH=workflow python benchmarks/prm_batched.py [--repeats 3] [--threads 2] \
         [--models lite0_demo] [--at input deep]
 
-For each model (the tiny classifier; the demo's EfficientNet-Lite0 at 128 px, stride 16;
+For each model (the tiny classifier; the demo's EfficientNet-Lite0 at 224 px, stride 16;
 ResNet-50 at 448 px, stride 32 as in PRM's reference; all random weights), each place the maps
 are taken (`--at`: input = the image as PRM, deep = the model's DEEP_LAYER, peaks.response_layer)
 and 1, 5 and 20 peaks per image, on the same image and the same peaks:
@@ -12,8 +12,9 @@ and 1, 5 and 20 peaks per image, on the same image and the same peaks:
   loop     PeakBackprop(batched=False): one forward, then one autograd backward per peak
            (retain_graph), input gradients only, the strong form of PRM's reference loop
   fwd_bwd  one ordinary forward + backward to the input (the unit of cost)
-Each time includes the forward pass. Prints JSON: median seconds over the repeats, the
-speed-up loop / batched, both relative to fwd_bwd, and the largest difference between maps.
+Each time includes the forward pass. Prints JSON: median seconds over the repeats (wall and
+process CPU time: on a shared machine the CPU time is the steadier figure), the speed-ups
+loop / batched, both relative to fwd_bwd, and the largest difference between maps.
 """
 
 import argparse
@@ -28,16 +29,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from tag2mask.classifier import PeakClassifier  # noqa: E402
+from tag2mask.cpu_memory import keep_freed_memory  # noqa: E402
 from tag2mask.prm import PeakBackprop  # noqa: E402
 
 MODELS = {  # name: (backbone, stride, classes, input size)
     "tiny_demo": ("tiny", 8, 6, 128),
-    "lite0_demo": ("efficientnet_lite0", 16, 6, 128),
+    "lite0_demo": ("efficientnet_lite0", 16, 6, 224),
     "resnet50_448": ("resnet50", 32, 20, 448),
 }
-DEEP_LAYER = {  # a deep peaks.response_layer of each model
+DEEP_LAYER = {  # a deep peaks.response_layer of each model (lite0: the demo's)
     "tiny_demo": "backbone.features.6",
-    "lite0_demo": "backbone.net.blocks.6",
+    "lite0_demo": "backbone.net.blocks.5",
     "resnet50_448": "backbone.features.6",
 }
 
@@ -57,12 +59,13 @@ def peaks_for(maps, n, seed):
 
 
 def timed(fn):
+    """(wall seconds, process CPU seconds, result) of fn()."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = fn()
     sync()
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def bench_model(name, repeats, peak_counts, upsample, device, at="input"):
@@ -74,9 +77,11 @@ def bench_model(name, repeats, peak_counts, upsample, device, at="input"):
     image = torch.rand(1, 3, size, size, device=device)
     maps = PeakBackprop(model, image, upsample=upsample).upsampled_maps
     fwd_bwd(model, image)  # warm-up (allocator, kernels)
-    unit = statistics.median(timed(lambda: fwd_bwd(model, image))[0] for _ in range(repeats))
+    units = [timed(lambda: fwd_bwd(model, image))[:2] for _ in range(repeats)]
+    unit = statistics.median(u[0] for u in units)
+    unit_cpu = statistics.median(u[1] for u in units)
     result = {"input": [size, size], "stride": stride, "classes": classes, "layer": layer,
-              "upsample": upsample, "fwd_bwd_s": unit, "peaks": {}}
+              "upsample": upsample, "fwd_bwd_s": unit, "fwd_bwd_cpu_s": unit_cpu, "peaks": {}}
     for n in peak_counts:
         peaks = peaks_for(maps, n, seed=n)
 
@@ -89,19 +94,24 @@ def bench_model(name, repeats, peak_counts, upsample, device, at="input"):
                                 layer=layer).response_maps(peaks)
 
         batched()  # warm-up: vmap traces the batching rules on the first call
-        tb, tl, diff = [], [], 0.0
+        tb, tl, cb, cl, diff = [], [], [], [], 0.0
         for _ in range(repeats):
-            t, a = timed(batched)
+            t, c, a = timed(batched)
             tb.append(t)
-            t, b = timed(loop)
+            cb.append(c)
+            t, c, b = timed(loop)
             tl.append(t)
+            cl.append(c)
             diff = max(diff, float((a - b).abs().max() / b.abs().max()))
         b_s, l_s = statistics.median(tb), statistics.median(tl)
+        b_c, l_c = statistics.median(cb), statistics.median(cl)
         result["peaks"][n] = {"batched_s": b_s, "loop_s": l_s, "speedup": l_s / b_s,
+                              "batched_cpu_s": b_c, "loop_cpu_s": l_c, "speedup_cpu": l_c / b_c,
                               "batched_in_fwd_bwd": b_s / unit, "loop_in_fwd_bwd": l_s / unit,
+                              "batched_cpu_in_fwd_bwd": b_c / unit_cpu,
                               "max_rel_diff": diff, "batched_runs": tb, "loop_runs": tl}
-        print(f"{name} at {at} {n} peaks: batched {b_s:.3f}s loop {l_s:.3f}s "
-              f"x{l_s / b_s:.2f}", file=sys.stderr, flush=True)
+        print(f"{name} at {at} {n} peaks: batched {b_s:.3f}s loop {l_s:.3f}s x{l_s / b_s:.2f}; "
+              f"CPU {b_c:.3f}s / {l_c:.3f}s x{l_c / b_c:.2f}", file=sys.stderr, flush=True)
     return result
 
 
@@ -114,13 +124,18 @@ def main():
     ap.add_argument("--peaks", nargs="+", type=int, default=[1, 5, 20])
     ap.add_argument("--upsample", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="leave glibc's malloc settings as they are (extract-peaks keeps freed "
+                         "memory for reuse: tag2mask.cpu_memory)")
     ap.add_argument("--at", nargs="+", default=["input"], choices=["input", "deep"],
                     help="where the maps are taken: the input image, the model's DEEP_LAYER")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = False if args.glibc_default else keep_freed_memory()
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "device": args.device, "repeats": args.repeats, "models": {}}
+           "device": args.device, "repeats": args.repeats, "keep_freed_memory": kept,
+           "models": {}}
     for name in args.models:
         for at in args.at:
             key = name if at == "input" else f"{name}@{DEEP_LAYER[name]}"

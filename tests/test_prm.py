@@ -164,6 +164,41 @@ def test_timm_same_padding_conv_and_bn_act():
     torch.testing.assert_close(pb.response_maps(peaks), loop.response_maps(peaks))
 
 
+@pytest.mark.parametrize("act", [nn.ReLU6, nn.ReLU, nn.Identity])
+def test_bn_act_gradient_is_the_ordinary_one(act):
+    """Inside positive_backprop, timm's BatchNormAct2d (eval) runs as one clamped affine map
+    whose gradient is a saved factor: the same values and the same gradient as the module's
+    own forward, zero where the activation clamps (below 0, above 6)."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(4)
+    bn = BatchNormAct2d(5, act_layer=act)
+    bn.running_mean.normal_(0, 0.5)
+    bn.running_var.uniform_(0.01, 2.0)
+    bn.weight.data.uniform_(-1.5, 1.5)  # negative scales too
+    bn.bias.data.normal_(0, 1)
+    bn.eval()
+    x = (torch.randn(1, 5, 6, 7) * 8).requires_grad_(True)
+    grad = torch.randn(1, 5, 6, 7)
+    expected = bn(x)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad, retain_graph=True)
+    with positive_backprop(nn.Sequential(bn)):
+        got = bn(x)
+    assert "ClampedAffine" in type(got.grad_fn).__name__
+    (got_grad,) = torch.autograd.grad(got, x, grad)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, expected_grad)
+    if act is nn.ReLU6:
+        assert ((expected <= 0) | (expected >= 6)).any() and (got_grad[expected >= 6] == 0).all()
+    # batched (vmap over the gradients) as one at a time
+    grads = torch.randn(3, 1, 5, 6, 7)
+    with positive_backprop(nn.Sequential(bn)):
+        _, vjp = torch.func.vjp(bn, x.detach())
+    (batched,) = torch.func.vmap(vjp)(grads)
+    for g, b in zip(grads, batched):
+        torch.testing.assert_close(b, torch.autograd.grad(expected, x, g, retain_graph=True)[0])
+
+
 def test_maps_at_a_layer_known_answer():
     """Maps at the output of conv1 of conv1 -> ReLU -> conv2 (3x3): the positive-weight rule
     of conv2 alone on that output, summed over channels, resampled x2 (conv1 has stride 2)."""

@@ -46,8 +46,10 @@ def add_command(sub):
 
 
 def run_extract(args):
+    from .cpu_memory import keep_freed_memory
     from .peaks import extract, resolve_response_layer
 
+    keep_freed_memory()  # the batched backward's large tensors: no page faults on each reuse
     if args.threads:
         torch.set_num_threads(args.threads)
     options = section_options(args.config, "peaks")
