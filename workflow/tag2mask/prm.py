@@ -11,16 +11,17 @@ input gradient of the one-hot peak, summed over RGB, clamped at 0 and divided by
 
 The rule is a normalised (mass-conserving) transport with non-negative kernels: each conv
 spreads a unit's mass over its window in proportion to X * W+, and, unlike the signed plain
-gradient, nothing cancels. When deep layers' windows span the whole image (small inputs: the
-demo's 128 px images give EfficientNet-Lite0 at stride 16 an 8x8 grid, on which its 5x5 and
-dilated depthwise convs reach every cell), a few such layers spread every peak's mass over the
-whole image and the maps at the input no longer depend on the peak (peaks_quality's response-map
-figures; the same with random weights, and nearly so with W+ alone instead of X * W+, so it is
-the footprint, not the activation weighting; ResNet-50 at 256 px keeps them apart).
-`layer=` takes the maps at the output of a classifier layer instead (the excitation mass there,
-summed over channels, resampled onto the input's pixels with the layer's cell geometry,
-tag2mask.grid), as Excitation Backprop (Zhang et al. 2016) reads
-attention maps at intermediate layers.
+gradient, nothing cancels. When deep layers' windows span the whole image (EfficientNet-Lite0
+at stride 16 on the demo's 224 px input: a 14x14 grid, which its dilated 5x5 depthwise convs
+cover in a few layers), those layers spread every peak's mass over the whole image and the maps
+at the input hardly depend on the peak (peaks_quality's response-map figures; the same with
+random weights, and nearly so with W+ alone instead of X * W+, so it is the footprint, not the
+activation weighting; ResNet-50 at 256 px keeps them apart). `layer=` takes the maps at the
+output of a classifier layer instead (the excitation mass there, summed over channels,
+resampled onto the input's pixels with the layer's cell geometry, tag2mask.grid), as
+Excitation Backprop (Zhang et al. 2016) reads attention maps at intermediate layers. Measured
+on the demo: different instances' maps have cosine 0.61 at the input, 0.53 at blocks.4 and
+0.08 at blocks.5 (config/config.yaml).
 
 PRM's reference does one backward pass per peak. `PeakBackprop` forwards an image once and
 computes the maps of all its peaks in one batched backward pass (torch.autograd.grad with
@@ -223,7 +224,8 @@ def positive_backprop(model):
 
     Only the forward pass needs to run inside the block: the graph it records keeps the rule.
     Plain eval-mode BatchNorm2d layers (and timm's BatchNormAct2d) run as the same affine map
-    (ordinary gradient).
+    (ordinary gradient; BatchNormAct2d with ReLU, ReLU6 or no activation as one clamped affine
+    map whose gradient is a single product).
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     for m in convs:
