@@ -164,7 +164,9 @@ def test_members_to_rle_random_against_pycocotools():
         if trial % 2:
             labels[:, : w // 2] = n - 1
         members = sparse.csr_matrix(rng.random((int(rng.integers(1, 8)), n)) < rng.random())
-        assert members_to_rle(members, labels) == mask_rle.encode(members.toarray()[:, labels])
+        expected = mask_rle.encode(members.toarray()[:, labels])
+        assert members_to_rle(members, labels) == expected
+        assert members_to_rle(members, labels, chunk=int(rng.integers(1, 6))) == expected
 
 
 def test_coco_strings_match_pycocotools():
@@ -265,7 +267,7 @@ def test_nest_known_answer():
 def test_coarse_scales_nested_into_the_fine_superpixels():
     rgb, objects = scene(2, size=(120, 140))
     options = {**SMALL, "colour_spaces": ["hsv"], "scales": [30, 300]}
-    flat = propose(rgb, ProposalSettings.from_options(options), "s")
+    flat = propose(rgb, ProposalSettings.from_options({**options, "coarse_downscale": 1}), "s")
     nested = propose(rgb, ProposalSettings.from_options({**options, "coarse_downscale": 2}), "s")
     # atoms are the fine superpixels themselves (overlaid, the coarse boundaries cut them)
     fine = felzenszwalb(to_colour_space(working_image(rgb, 128), "hsv"), scale=30, sigma=0.8,

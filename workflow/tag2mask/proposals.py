@@ -6,13 +6,15 @@ Per image:
 1. The image is downscaled to `working_size` (longest side) for all the work below; the
    final masks are upsampled back to image resolution (nearest neighbour on a label map).
 2. Over-segmentation: Felzenszwalb-Huttenlocher graph segmentation in each colour space and
-   at each scale k (`colour_spaces` x `scales`).
+   at each scale k (`colour_spaces` x `scales`). The smallest k runs on the working image;
+   the larger ones (big superpixels) on it downscaled by `coarse_downscale`, nested into
+   the fine superpixels (`over_segmentations`, `nest`): Felzenszwalb's cost is per pixel.
 3. All over-segmentations are overlaid into "atoms" (pixels with the same superpixel in every
-   over-segmentation). Colour histograms (25 bins per channel) and texture histograms
-   (Gaussian derivatives in 8 orientations, 10 bins per channel) are counted once per atom
-   and colour space; a superpixel's are sums over its atoms. The atom adjacency (boundary
-   length and Lab contrast of each adjacent pair) gives every over-segmentation's
-   superpixel adjacency and, later, each region's contour.
+   over-segmentation; with nesting, those of the fine ones). Colour histograms (25 bins per
+   channel) and texture histograms (Gaussian derivatives in 8 orientations, 10 bins per
+   channel) are counted once per atom and colour space; a superpixel's are sums over its
+   atoms. The atom adjacency (boundary length and Lab contrast of each adjacent pair) gives
+   every over-segmentation's superpixel adjacency and, later, each region's contour.
 4. Hierarchical grouping, once per (over-segmentation, similarity mix): the most similar
    pair of adjacent regions is merged until one region is left (Uijlings et al. 2013); a
    merge forms the new region's histograms as the size-weighted sum of its parts. Mixes are
@@ -73,7 +75,7 @@ class ProposalSettings:
     min_size: int = 20
     dedup_iou: float = 0.9
     min_area: float = 0.0005
-    coarse_downscale: float = 1.0
+    coarse_downscale: float = 2.0
     seed: int = 0
 
     @classmethod
@@ -504,7 +506,7 @@ def near_duplicates(members, weights, threshold, block=256):
     return sparse.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
 
 
-def members_to_rle(members, labels):
+def members_to_rle(members, labels, chunk=50_000):
     """COCO RLE counts strings of the masks members[m][labels] (members [M, L] bool, dense or
     sparse; labels [H, W] int < L) without materialising them.
 
@@ -513,19 +515,20 @@ def members_to_rle(members, labels):
     one of a, b is in m. So the label changes are grouped by their label pair, a sparse
     product finds the pairs each mask cuts, a second one (transposed to column order, which
     sorts) lists each mask's switch positions in pixel order, and their differences are the
-    run lengths."""
-    height, width = labels.shape
+    run lengths. The second product and the rest go by groups of masks with about `chunk`
+    switches: small working arrays stay in cache and reuse memory (fresh multi-megabyte
+    temporaries cost about as much again in page faults)."""
     n_masks = members.shape[0]
     if n_masks == 0:
         return []
     m = sparse.csr_matrix(members, dtype=np.int8)
     n_lab = m.shape[1]
     flat = labels.T.ravel()  # COCO RLE runs down columns
-    n_pix = flat.size
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # first pixel of each new label run
     a, b = flat[change - 1].astype(np.int64), flat[change].astype(np.int64)
     pair, pair_of_change = np.unique(np.minimum(a, b) * n_lab + np.maximum(a, b),
                                      return_inverse=True)
+    pair_of_change = pair_of_change.ravel()
     n_pairs = len(pair)
     ends = sparse.csr_matrix((np.r_[np.ones(n_pairs, np.int8), -np.ones(n_pairs, np.int8)],
                               (np.r_[pair // n_lab, pair % n_lab], np.tile(np.arange(n_pairs), 2))),
@@ -534,19 +537,32 @@ def members_to_rle(members, labels):
     cut.eliminate_zeros()
     cut.data[:] = 1
     at = sparse.csr_matrix((np.ones(len(change), np.int8), (np.arange(len(change)),
-                                                             pair_of_change.ravel())),
+                                                             pair_of_change)),
                            shape=(len(change), n_pairs))
-    switches = (at @ cut.T).tocsc()  # [changes, M]; CSC: each mask's switches in pixel order
-    n_sw = np.diff(switches.indptr)
+    n_switches = np.cumsum(cut @ np.bincount(pair_of_change, minlength=n_pairs))
+    bounds = np.unique(np.r_[0, np.searchsorted(n_switches, np.arange(
+        chunk, n_switches[-1], chunk), "right"), n_masks])
     starts_inside = m[:, flat[0]].toarray().ravel() != 0
+    out = []
+    for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        switches = (at @ cut[s:e].T).tocsc()  # [changes, M]; CSC: each mask's in order
+        out += switches_to_rle(switches.indptr, change[switches.indices], starts_inside[s:e],
+                               flat.size)
+    return out
+
+
+def switches_to_rle(indptr, switch, starts_inside, n_pix):
+    """COCO RLE strings of masks given by their switch positions (mask k's, ascending:
+    switch[indptr[k]:indptr[k + 1]]), whether each starts inside, and the pixel count."""
+    n_sw = np.diff(indptr)
     # per mask the positions 0, (0 again if the first pixel is inside), switches..., n_pix;
     # their differences are the COCO counts (which start with a run of zeros, maybe empty)
     n_pos = n_sw + 2 + starts_inside
     first = np.r_[0, np.cumsum(n_pos)]
     pos = np.zeros(first[-1], np.int64)
-    slot = np.arange(switches.nnz) + np.repeat(first[:-1] + 1 + starts_inside
-                                               - switches.indptr[:-1], n_sw)
-    pos[slot] = change[switches.indices]
+    slot = np.arange(len(switch)) + np.repeat(first[:-1] + 1 + starts_inside - indptr[:-1],
+                                              n_sw)
+    pos[slot] = switch
     pos[first[1:] - 1] = n_pix
     counts = np.diff(pos)
     within = np.ones(len(counts), bool)  # drop the differences across masks
