@@ -31,6 +31,7 @@ and the per-peak work runs as one batched convolution. `batched=False` is the pe
 """
 
 import contextlib
+import math
 import types
 
 import torch
@@ -171,9 +172,9 @@ def _is_bn_act(bn):
 
 class _ClampedAffine(torch.autograd.Function):
     """clamp(x * scale + shift, lo, hi) (eval BatchNorm, then ReLU / ReLU6 / no activation)
-    whose gradient is one product with a factor saved by the forward, scale where the clamp
-    passes (lo < y < hi, as ReLU's and Hardtanh's own backward) and 0 elsewhere: one pass
-    over the P peaks' gradients instead of two."""
+    whose gradient is one product with a factor saved by the forward: scale where the clamp
+    passes (lo < y < hi, as ReLU's and Hardtanh's own backward), 0 elsewhere. One pass over
+    the P peaks' gradients instead of two."""
 
     generate_vmap_rule = True
 
@@ -184,14 +185,14 @@ class _ClampedAffine(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, scale, shift, lo, hi = inputs
-        pre = x * scale + shift
-        passes = torch.ones_like(pre, dtype=torch.bool)
-        if lo is not None:
-            passes &= pre > lo
-        if hi is not None:
-            passes &= pre < hi
-        ctx.save_for_backward(torch.where(passes, scale, 0.0))
+        _, scale, _, lo, hi = inputs
+        if lo is None and hi is None:
+            factor = scale
+        else:  # one fused pass: the output lies strictly inside the bounds where the input did
+            factor = torch.ops.aten.hardtanh_backward(
+                scale.expand_as(output), output, -math.inf if lo is None else lo,
+                math.inf if hi is None else hi)
+        ctx.save_for_backward(factor)
 
     @staticmethod
     def backward(ctx, grad):
