@@ -16,7 +16,8 @@ from tag2mask import masks as mask_rle
 from tag2mask.errors import InputError
 from tag2mask.groundtruth import CocoBuilder
 from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
-from tag2mask.proposals import (ProposalSettings, coco_strings, distinct_rows, forest_members,
+from tag2mask.proposals import (ProposalSettings, adjacency, boxes_of, coco_strings,
+                                distinct_rows, forest_members,
                                 hierarchical_grouping, iou_matrix, members_to_rle,
                                 near_duplicates, nest, propose, rank_value, region_cues,
                                 rgb_to_hsv, select_and_rank, to_colour_space,
@@ -203,6 +204,56 @@ def test_hierarchical_grouping_merges_most_similar_first():
     # a disconnected adjacency graph (label 1 has no pixels): no merge, a forest of roots
     assert len(hierarchical_grouping(np.array([[0, 0, 2]]), 3, colour[:3], None, "S")) == 1
     assert len(hierarchical_grouping(np.array([[0, 0]]), 2, colour[:2], None, "SF")) == 0
+
+
+def greedy_reference(labels, n):
+    """Size + fill grouping the slow way: every step scores all adjacent living pairs and
+    merges the best; ties by the key the generator gives a pair: (-similarity, a, b), a < b
+    for two superpixels, else (newer, older)."""
+    total = labels.size
+    size = np.bincount(labels.ravel(), minlength=n).astype(float).tolist()
+    boxes = [tuple(b) for b in boxes_of(labels, n).tolist()]
+    neighbours = {a: set() for a in range(n)}
+    for a, b in adjacency(labels)[0].tolist():
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+
+    def key(a, b):
+        (a0, a1, a2, a3), (b0, b1, b2, b3) = boxes[a], boxes[b]
+        joint = (max(a2, b2) - min(a0, b0) + 1) * (max(a3, b3) - min(a1, b1) + 1)
+        s = 0.0 + (1.0 - (size[a] + size[b]) / total)
+        s += 1.0 - (joint - size[a] - size[b]) / total
+        lo, hi = min(a, b), max(a, b)
+        return (-s, hi, lo) if hi >= n else (-s, lo, hi)
+
+    merges = []
+    while True:
+        keys = [key(a, b) for a in neighbours for b in neighbours[a] if a < b]
+        if not keys:
+            return merges
+        _, i, j = min(keys)
+        t = len(size)
+        merges.append([i, j])
+        size.append(size[i] + size[j])
+        boxes.append(tuple(map(min, boxes[i][:2], boxes[j][:2]))
+                     + tuple(map(max, boxes[i][2:], boxes[j][2:])))
+        joined = (neighbours.pop(i) | neighbours.pop(j)) - {i, j}
+        for k in joined:
+            neighbours[k] -= {i, j}
+            neighbours[k].add(t)
+        neighbours[t] = joined
+
+
+def test_hierarchical_grouping_matches_exhaustive_greedy_with_ties():
+    # blocks of equal size and equal boxes: many tied similarities
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        cells = rng.integers(0, 12, (4, 5)).repeat(2, 0).repeat(2, 1)
+        _, labels = np.unique(cells, return_inverse=True)
+        labels = labels.reshape(cells.shape)
+        n = int(labels.max()) + 1
+        merges = hierarchical_grouping(labels, n, None, None, "SF")
+        assert merges.tolist() == greedy_reference(labels, n)
 
 
 def test_boundary_similarity_merges_weak_boundaries_first():
