@@ -255,6 +255,10 @@ def test_retrieve_command_writes_shards_that_gather(tmp_path):
     from PIL import Image
     with Image.open(pictures[0]) as im:  # the pseudo masks + one tile per peak (2)
         assert im.width >= 3 * 128
+    # the shards cut the 3 images both stores hold, not the manifest's 5
+    for path, ids in zip(shards, (["img0", "img1"], ["img2"])):
+        with StoreReader(path, "pseudo_masks") as r:
+            assert r.image_ids == ids
     gather(shards, tmp_path / "pseudo.h5")
     with StoreReader(tmp_path / "pseudo.h5", "pseudo_masks") as r:
         assert r.attrs["method"] == "prm"

@@ -84,12 +84,12 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
                 panels_dir=None, panels_max=0):
     """Retrieve pseudo masks for shard `shard` of the manifest's images; returns status counts.
 
-    Images are the manifest's, in manifest order, cut into `num_shards` shards; those absent
-    from the peaks or the proposals store (a split that stage did not cover) are left out,
-    counted and logged.
+    Images are the manifest's that both stores hold, in manifest order, cut into `num_shards`
+    shards (cutting the whole manifest would leave the shards of splits the peaks did not cover
+    idle). Manifest images absent from a store are left out, counted once (in shard 0; the
+    gather sums the shards' counts) and logged.
     """
     manifest = read_manifest(manifest_path)
-    records = shard_items(manifest.images, num_shards, shard)
     status = Counter()
     with StoreReader(peaks_path, "peaks") as peaks_store, \
             StoreReader(proposals_path, "proposals") as props_store:
@@ -97,6 +97,15 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
             if store.class_names != manifest.classes:
                 raise InputError(store.path, f"class names {store.class_names} differ from the "
                                              f"manifest's {manifest.classes}")
+        covered = []
+        for rec in manifest.images:
+            if rec.id not in peaks_store:
+                status["not_in_peaks_store"] += int(shard == 0)
+            elif rec.id not in props_store:
+                status["not_in_proposals_store"] += int(shard == 0)
+            else:
+                covered.append(rec)
+        records = shard_items(covered, num_shards, shard)
         # what the masks depend on (not how many pictures are drawn)
         choice = {k: v for k, v in options.items() if k != "panel_images"}
         config_digest = digest({"retrieval": choice,
@@ -106,10 +115,6 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
         drawn = 0
         with StoreWriter(out_path, KIND, manifest.classes, config_digest, attrs=root) as out:
             for rec in tqdm(records, desc=f"retrieval shard {shard}", mininterval=10):
-                if rec.id not in peaks_store or rec.id not in props_store:
-                    status["not_in_peaks_store" if rec.id not in peaks_store
-                           else "not_in_proposals_store"] += 1
-                    continue
                 peaks = peaks_store.read(rec.id)
                 props = props_store.read(rec.id, ["masks", "scores"])
                 for store, entry in ((peaks_store, peaks), (props_store, props)):
@@ -135,6 +140,6 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
     for key, path in (("not_in_peaks_store", peaks_path),
                       ("not_in_proposals_store", proposals_path)):
         if status[key]:
-            log.warning("%d manifest images of this shard are not in %s and were left out",
-                        status[key], path)
+            log.warning("%d manifest images are not in %s and were left out", status[key],
+                        path)
     return status
