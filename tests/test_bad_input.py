@@ -728,7 +728,8 @@ def test_schema_descriptions_are_not_split_by_commas():
     description short and adds a key "b" that the validator silently ignores."""
     keywords = {"type", "default", "description", "properties", "additionalProperties", "enum",
                 "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items",
-                "minItems", "maxItems", "pattern", "oneOf", "anyOf", "const", "uniqueItems"}
+                "minItems", "maxItems", "pattern", "oneOf", "anyOf", "const", "uniqueItems",
+                "propertyNames"}
 
     def walk(schema, where):
         for key, sub in schema.get("properties", {}).items():
