@@ -64,8 +64,7 @@ def to_image_pixels(rows_cols, grid_hw, image_hw):
     """Pixel (row, col) centres of a grid_hw pixel grid spanning the image (the resized input,
     a resized map) -> float image pixels (row, col). Not for class-map cells: peak_pixels."""
     rc = np.asarray(rows_cols, np.float64).reshape(-1, 2)
-    scale = np.asarray(image_hw, np.float64) / np.asarray(grid_hw, np.float64)
-    return ((rc + 0.5) * scale - 0.5).astype(np.float32)
+    return input_to_image(rc, grid_hw, image_hw).astype(np.float32)
 
 
 def peak_pixels(peaks_yx, upsample, stride, cells_hw, input_hw, image_hw):

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 from scipy import ndimage, sparse
 from skimage import color
 from skimage.segmentation import felzenszwalb
