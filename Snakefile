@@ -17,8 +17,8 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 # The package's check first: its error is one line naming the key (snakemake's validate
 # prints the whole schema with it); snakemake's validate then fills in the defaults.
 sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not pip-installed
-from tag2mask.config import validate_config  # noqa: E402
-from tag2mask.errors import InputError  # noqa: E402
+from tag2mask.core.config import validate_config  # noqa: E402
+from tag2mask.core.errors import InputError  # noqa: E402
 
 try:
     validate_config(config, where="workflow config")
@@ -34,20 +34,20 @@ include: "rules/peaks.smk"
 include: "rules/proposals.smk"
 include: "rules/retrieval.smk"
 include: "rules/maskrcnn.smk"
-include: "rules/evaluate.smk"
 include: "rules/upper_bound.smk"
 include: "rules/self_training.smk"
+include: "rules/evaluation.smk"
 include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        f"{DATA}/manifest.json",
+        MANIFEST,
         f"{RUN}/classifier/classifier.pt",
         PROPOSALS_TARGET,
         PEAKS_TARGET,
-        f"{RUN}/pseudo_masks/pseudo_masks.h5",
+        PSEUDO_MASKS,
         [f"{RUN}/pseudo_masks/evaluation.json"] if HAS_GT else [],
         MASKRCNN_TARGET,
         REPORT_TARGET,

@@ -17,7 +17,7 @@ epoch each, interleaved `--repeats` times (the median is reported):
 
 and prints JSON with images/s of each, ratio_vs_plain (>= 1.0: the data pipeline is not a
 bottleneck relative to the plain loop), ratio_vs_in_memory (how close to pure compute), and
-predict's images/s (`tag2mask.predict.predict`, batch --batch-size).
+predict's images/s (`tag2mask.maskrcnn.predict.predict`, batch --batch-size).
 """
 
 import argparse
@@ -33,13 +33,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from tag2mask import masks as rle  # noqa: E402
-from tag2mask.config import section_options  # noqa: E402
-from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest  # noqa: E402
-from tag2mask.devices import resolve_device  # noqa: E402
-from tag2mask.maskrcnn import PseudoMaskDataset, build_model, collate  # noqa: E402
-from tag2mask.predict import configure, manifest_items, predict  # noqa: E402
-from tag2mask.train_maskrcnn import make_loader, train_one_epoch  # noqa: E402
+from tag2mask.core import masks as rle  # noqa: E402
+from tag2mask.core.config import section_options  # noqa: E402
+from tag2mask.core.devices import resolve_device  # noqa: E402
+from tag2mask.dataset.manifest import Manifest, make_record, read_manifest, write_manifest  # noqa: E402
+from tag2mask.maskrcnn.model import PseudoMaskDataset, build_model, collate  # noqa: E402
+from tag2mask.maskrcnn.predict import configure, manifest_items, predict  # noqa: E402
+from tag2mask.maskrcnn.train import make_loader, train_one_epoch  # noqa: E402
 
 CLASSES = ["square", "disk", "bar"]
 
@@ -70,7 +70,7 @@ def make_store(folder, n, size, seed=0):
                                    [CLASSES[c] for c in labels], CLASSES))
         entries[f"{i:05d}"] = (np.array(masks), labels)
     write_manifest(folder / "manifest.json", Manifest("bench", CLASSES, records))
-    from tag2mask.store import StoreWriter
+    from tag2mask.core.store import StoreWriter
 
     with StoreWriter(folder / "store.h5", "pseudo_masks", CLASSES) as w:
         for image_id, (masks, labels) in entries.items():

@@ -38,9 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from tag2mask.classifier import PeakClassifier  # noqa: E402
-from tag2mask.cpu_memory import keep_freed_memory  # noqa: E402
-from tag2mask.prm import PeakBackprop  # noqa: E402
+from tag2mask.classifier.model import PeakClassifier  # noqa: E402
+from tag2mask.core.cpu_memory import keep_freed_memory  # noqa: E402
+from tag2mask.peaks.prm import PeakBackprop  # noqa: E402
 
 MODELS = {  # name: (backbone, stride, classes, input size)
     "tiny_demo": ("tiny", 8, 6, 128),
@@ -136,7 +136,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--glibc-default", action="store_true",
                     help="leave glibc's malloc settings as they are (extract-peaks keeps freed "
-                         "memory for reuse: tag2mask.cpu_memory)")
+                         "memory for reuse: tag2mask.core.cpu_memory)")
     ap.add_argument("--at", nargs="+", default=["input"], choices=["input", "deep"],
                     help="where the maps are taken: the input image, the model's DEEP_LAYER")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Benchmark: built-in proposals (tag2mask.proposals) vs the `selectivesearch` PyPI package.
+"""Benchmark: built-in proposals (tag2mask.proposals.builtin) vs the `selectivesearch` PyPI package.
 
 Speed (CPU seconds per image) and mask quality (ABO, recall@0.5/0.7 against GT instances) on
 the same images: the project's synthetic images (textured shapes on cluttered textured
@@ -75,11 +75,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
-from tag2mask import masks as mask_rle  # noqa: E402
-from tag2mask.config import section_options  # noqa: E402
-from tag2mask.proposals import (ProposalSettings, members_to_rle, propose,  # noqa: E402
-                                upsample_labels)
-from tag2mask.proposals_quality import image_figures, summarise  # noqa: E402
+from tag2mask.core import masks as mask_rle  # noqa: E402
+from tag2mask.core.config import section_options  # noqa: E402
+from tag2mask.proposals.builtin import ProposalSettings, members_to_rle, propose, upsample_labels
+from tag2mask.proposals.quality import image_figures, summarise  # noqa: E402
 
 DEFAULT_VOC = REPO.parent / "shared" / "data" / "voc-mini"
 # one grouping (one colour space, one scale, one similarity mix), like the package
@@ -89,9 +88,9 @@ GOAL_SPEEDUP = 10.0
 
 def synthetic_images(n, size=128, seed=0):
     """(id, rgb uint8, [GT RLE dict], None) for the first n train images of the project's
-    synthetic dataset (tag2mask.datasets.synthetic: textured shapes on cluttered textured
+    synthetic dataset (tag2mask.dataset.synthetic: textured shapes on cluttered textured
     backgrounds, the demo's data)."""
-    from tag2mask.datasets.synthetic import generate_image
+    from tag2mask.dataset.synthetic import generate_image
 
     out = []
     for i in range(n):

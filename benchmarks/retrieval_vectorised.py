@@ -1,6 +1,6 @@
 """Benchmark: vectorised proposal retrieval vs a per-peak, per-proposal Python loop.
 
-Both get the same working-resolution inputs (tag2mask.retrieval.prepare_image) and must make
+Both get the same working-resolution inputs (tag2mask.retrieval.select.prepare_image) and must make
 the same choices (asserted): proposal per peak, kept instances, merges, confidences. Timed:
 
 * vectorised = `select` (contours by separable bool filters, scores by matrix products, NMS)
@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from tag2mask import masks as mask_rle  # noqa: E402
-from tag2mask.config import section_options  # noqa: E402
-from tag2mask.retrieval import prepare_image, select, select_reference_loop  # noqa: E402
+from tag2mask.core import masks as mask_rle  # noqa: E402
+from tag2mask.core.config import section_options  # noqa: E402
+from tag2mask.retrieval.select import prepare_image, select, select_reference_loop  # noqa: E402
 
 
 def ellipses(rng, n, shape, min_r, max_r):

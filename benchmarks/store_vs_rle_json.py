@@ -4,7 +4,7 @@ time, and the time to get one image's masks by id from a file on disk.
     .venv/bin/python benchmarks/store_vs_rle_json.py [--images 2000] [--masks 5] [--reads 30]
 
 What each file holds, per instance:
-- store (what `tag2mask.store` writes for kind "pseudo_masks"): `masks` (RLE counts strings),
+- store (what `tag2mask.core.store` writes for kind "pseudo_masks"): `masks` (RLE counts strings),
   `labels` int16, `scores` float32, `boxes` float32 [4], `peak_index` int32, `peak_yx`
   float32 [2]; per image the attrs image_id, height, width.
 - JSON ("json"): a pycocotools results list, written compactly (no spaces):
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-from tag2mask import masks as mask_rle  # noqa: E402
-from tag2mask.store import StoreReader, StoreWriter  # noqa: E402
+from tag2mask.core import masks as mask_rle  # noqa: E402
+from tag2mask.core.store import StoreReader, StoreWriter  # noqa: E402
 
 H, W = 375, 500
 CLASSES = [f"class{i}" for i in range(20)]

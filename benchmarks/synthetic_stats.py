@@ -20,7 +20,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-from tag2mask.datasets import synthetic  # noqa: E402
+from tag2mask.dataset import synthetic  # noqa: E402
 
 
 def touching(masks):

@@ -1,21 +1,19 @@
-# Stage 1a: the peak classifier, trained on the train split's image-level tags only.
-# The training checkpoint (classifier/last.pt) is not a rule output, so Snakemake keeps it
-# when a killed job is rerun (--rerun-incomplete) and training resumes after its last epoch.
-
-CLASSIFIER = config["classifier"]
+# Stage `classifier` (tag2mask/classifier/): the peak classifier, trained on the train split's
+# image-level tags only. The training checkpoint (classifier/last.pt) is not a rule output, so
+# Snakemake keeps it when a killed job is rerun (--rerun-incomplete) and training resumes
+# after its last epoch.
 
 
 rule train_classifier:
     input:
-        manifest=f"{DATA}/manifest.json",
+        manifest=MANIFEST,
     output:
         checkpoint=f"{RUN}/classifier/classifier.pt",
         log=f"{RUN}/classifier/log.jsonl",
     params:
         options=options("classifier"),
         out_dir=lambda w, output: os.path.dirname(output.checkpoint),
-        code=code_digest("train_classifier", "classifier", "backbones", "peak_stimulation",
-                         "images", "manifest"),
+        code=code("classifier.cli:run_train"),
     log:
         f"{RUN}/logs/train_classifier.log",
     benchmark:
@@ -26,7 +24,8 @@ rule train_classifier:
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 12 * 60 * attempt,
-        gpu=int(CLASSIFIER["device"] == "cuda"),
+        gpu=int(config["classifier"]["device"] == "cuda"),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli train-classifier --manifest {input.manifest:q} --config {params.options:q} "
-        "--out-dir {params.out_dir:q} --threads {threads} --no-progress > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli classifier train --manifest {input.manifest:q} "
+        "--config {params.options:q} --out-dir {params.out_dir:q} --threads {threads} "
+        "--no-progress > {log:q} 2>&1"

@@ -1,14 +1,17 @@
-# Shared definitions: paths, shards, which splits have ground truth, how stages are called.
+# What several rule files share: run paths, shards, splits with ground truth, the stores that
+# pass between stages, how stages are called, the rerun triggers, and the gather rule of the
+# sharded stages. Every rule calls one `tag2mask <stage> <action>` (README: rule -> command).
 
 import json
 import os
 import sys
 
 sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not pip-installed
-from tag2mask.config import code_digest  # noqa: E402
+from tag2mask.core.code_digest import code_digest  # noqa: E402
 
 RUN = f"results/{config['run_name']}"
 DATA = f"{RUN}/dataset"
+MANIFEST = f"{DATA}/manifest.json"
 SHARDS = list(range(config["shards"]))
 DATASET = config["dataset"]
 HAS_GT = DATASET["kind"] != "tags"
@@ -23,6 +26,22 @@ GT_SPLITS = SPLITS if HAS_GT else []
 if not HAS_GT:
     print("tag2mask: dataset kind 'tags' has no ground truth: evaluation stages are skipped",
           file=sys.stderr)
+# Mask R-CNN models are predicted and evaluated on val, or on train without a val split
+EVAL_SPLIT = "val" if "val" in SPLITS else "train"
+
+# the stores that pass between stages
+PEAKS_STORE = f"{RUN}/peaks/peaks.h5"
+PROPOSALS_STORE = f"{RUN}/proposals/proposals.h5"
+PSEUDO_MASKS = f"{RUN}/pseudo_masks/pseudo_masks.h5"
+
+# the upper bound (evaluation side) and the self-training rounds
+UPPER_BOUND = bool(config["upper_bound"]) and HAS_GT
+if config["upper_bound"] and not HAS_GT:
+    print("tag2mask: upper_bound is on but the dataset has no ground truth: the upper bound "
+          "is skipped", file=sys.stderr)
+UB = f"{RUN}/upper_bound"
+ROUNDS = list(range(1, config["self_training"]["rounds"] + 1))
+ST = f"{RUN}/self_training"
 
 # Stage commands run the package from this checkout ("$TAG2MASK_PYTHON" -m tag2mask.cli), with
 # the interpreter that runs Snakemake (or the env's python under --sdm conda), so the code that
@@ -36,5 +55,37 @@ os.environ.update(
     TAG2MASK_PYTHON="python" if _CONDA else sys.executable,
 )
 
-# A config section as JSON, passed to a stage as a param: changing it reruns that stage.
+# Rerun triggers, passed as params: a config section as JSON (changing it reruns the rules
+# that take it), and the digest of the code an action runs (core/code_digest.py: the stage's
+# cli.py and every module the action imports, computed from the source).
 options = lambda section: json.dumps(config[section], sort_keys=True)
+code = lambda action: code_digest(action)
+
+
+# The sharded stages write <folder>/shards/<i>.h5; one job joins them into <folder>/<folder>.h5
+# (`tag2mask <stage> gather`): folder -> stage
+GATHERED = {"peaks": "peaks", "proposals": "proposals", "pseudo_masks": "retrieval"}
+
+
+rule gather:
+    input:
+        lambda w: expand(f"{RUN}/{w.folder}/shards/{{shard}}.h5", shard=SHARDS),
+    output:
+        f"{RUN}/{{folder}}/{{folder}}.h5",
+    wildcard_constraints:
+        folder="|".join(GATHERED),
+    params:
+        stage=lambda w: GATHERED[w.folder],
+        code=code("core.cli_args:_gather"),
+    log:
+        f"{RUN}/logs/gather_{{folder}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/gather_{{folder}}.tsv"
+    conda:
+        "../envs/tag2mask.yaml"
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 30 * attempt,
+    shell:
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli {params.stage} gather --out {output:q} {input:q} "
+        "> {log:q} 2>&1"

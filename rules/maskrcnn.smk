@@ -1,28 +1,39 @@
-# Stage 3a: Mask R-CNN trained on the pseudo masks, then its predictions (COCO results JSON)
-# on the val split, or on train when there is no val split. Ground truth is never an input.
-# Training checkpoints (maskrcnn/checkpoints/) are not rule outputs, so Snakemake keeps them
-# when a killed job is rerun (--rerun-incomplete) and training resumes after the last epoch.
+# Stage `maskrcnn` (tag2mask/maskrcnn/): Mask R-CNN trained on a pseudo-mask store, and its
+# predictions (COCO results JSON). One rule each for every model of a run, named by the
+# wildcard {model}, the model's folder under {RUN}:
+#   maskrcnn                 trained on retrieval's pseudo masks (the weakly supervised model)
+#   upper_bound              trained on ground-truth masks (upper_bound.smk, evaluation side)
+#   self_training/round_<r>  trained on self-training round r's pseudo masks
+# Each folder holds model.pt, log.jsonl, checkpoints/ and predictions_<split>.json. The
+# checkpoints are not rule outputs, so Snakemake keeps them when a killed job is rerun
+# (--rerun-incomplete) and training resumes after the last epoch.
 
 MASKRCNN = config["maskrcnn"]
-PREDICT_SPLIT = "val" if "val" in SPLITS else "train"
-_MASKRCNN_CODE = ("maskrcnn", "backbones", "store", "masks", "images", "manifest")
+
+# model folder -> the store it trains on; upper_bound.smk and self_training.smk add theirs
+TRAINING_STORES = {"maskrcnn": PSEUDO_MASKS}
+
+
+wildcard_constraints:
+    model=r"maskrcnn|upper_bound|self_training/round_[1-9][0-9]*",
+    split="train|val",
 
 
 rule train_maskrcnn:
     input:
-        store=f"{RUN}/pseudo_masks/pseudo_masks.h5",
-        manifest=f"{DATA}/manifest.json",
+        store=lambda w: TRAINING_STORES[w.model],
+        manifest=MANIFEST,
     output:
-        model=f"{RUN}/maskrcnn/model.pt",
-        log=f"{RUN}/maskrcnn/log.jsonl",
+        model=f"{RUN}/{{model}}/model.pt",
+        log=f"{RUN}/{{model}}/log.jsonl",
     params:
         options=options("maskrcnn"),
         out_dir=lambda w, output: os.path.dirname(output.model),
-        code=code_digest("train_maskrcnn", *_MASKRCNN_CODE),
+        code=code("maskrcnn.cli:run_train"),
     log:
-        f"{RUN}/logs/train_maskrcnn.log",
+        f"{RUN}/logs/train_maskrcnn/{{model}}.log",
     benchmark:
-        f"{RUN}/benchmarks/train_maskrcnn.tsv"
+        f"{RUN}/benchmarks/train_maskrcnn/{{model}}.tsv"
     conda:
         "../envs/tag2mask.yaml"
     # One torch thread by default: on a CPU shared with other jobs (or with the DataLoader
@@ -34,26 +45,24 @@ rule train_maskrcnn:
         runtime=lambda wc, attempt: 24 * 60 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli train-maskrcnn --store {input.store:q} --manifest {input.manifest:q} "
-        "--out-dir {params.out_dir:q} --config {params.options:q} --threads {threads} "
-        "--no-progress > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli maskrcnn train --store {input.store:q} "
+        "--manifest {input.manifest:q} --out-dir {params.out_dir:q} --config {params.options:q} "
+        "--threads {threads} --no-progress > {log:q} 2>&1"
 
 
 rule predict:
     input:
-        model=f"{RUN}/maskrcnn/model.pt",
-        manifest=f"{DATA}/manifest.json",
+        model=f"{RUN}/{{model}}/model.pt",
+        manifest=MANIFEST,
     output:
-        f"{RUN}/maskrcnn/predictions_{{split}}.json",
-    wildcard_constraints:
-        split="train|val",
+        f"{RUN}/{{model}}/predictions_{{split}}.json",
     params:
         options=options("maskrcnn"),
-        code=code_digest("predict", *_MASKRCNN_CODE),
+        code=code("maskrcnn.cli:run_predict"),
     log:
-        f"{RUN}/logs/predict_{{split}}.log",
+        f"{RUN}/logs/predict/{{model}}_{{split}}.log",
     benchmark:
-        f"{RUN}/benchmarks/predict_{{split}}.tsv"
+        f"{RUN}/benchmarks/predict/{{model}}_{{split}}.tsv"
     conda:
         "../envs/tag2mask.yaml"
     threads: 1  # as train_maskrcnn; --set-threads predict=N to change
@@ -62,10 +71,10 @@ rule predict:
         runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(MASKRCNN["device"] == "cuda"),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
-        "--split {wildcards.split} --out {output:q} --config {params.options:q} "
-        "--threads {threads} --no-progress > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli maskrcnn predict --checkpoint {input.model:q} "
+        "--manifest {input.manifest:q} --split {wildcards.split} --out {output:q} "
+        "--config {params.options:q} --threads {threads} --no-progress > {log:q} 2>&1"
 
 
 # what `rule all` asks of this stage
-MASKRCNN_TARGET = f"{RUN}/maskrcnn/predictions_{PREDICT_SPLIT}.json"
+MASKRCNN_TARGET = f"{RUN}/maskrcnn/predictions_{EVAL_SPLIT}.json"

@@ -1,15 +1,14 @@
-# Stage 1b: class peaks and peak response maps of the classifier (PRM), per shard of the
-# images of `peaks.splits` (train by default), then gathered into the peaks store.
-# Quality against ground truth (precision, instance recall, duplicates) only with GT.
+# Stage `peaks` (tag2mask/peaks/): class peaks and peak response maps of the classifier (PRM),
+# per shard of the images of `peaks.splits` (train by default), then gathered into the peaks
+# store (rule gather, common.smk). Quality against ground truth (precision, instance recall,
+# duplicates) only with GT.
 
 PEAKS = config["peaks"]
-_PEAKS_CODE = code_digest("peaks", "peaks_cli", "prm", "grid", "peak_stimulation", "classifier",
-                          "backbones", "panels", "store", "images", "manifest", "shards")
 
 
 rule extract_peaks:
     input:
-        manifest=f"{DATA}/manifest.json",
+        manifest=MANIFEST,
         checkpoint=f"{RUN}/classifier/classifier.pt",
     output:
         store=f"{RUN}/peaks/shards/{{shard}}.h5",
@@ -19,7 +18,7 @@ rule extract_peaks:
     params:
         options=options("peaks"),
         num_shards=len(SHARDS),
-        code=_PEAKS_CODE,
+        code=code("peaks.cli:run_extract"),
     threads: 2
     log:
         f"{RUN}/logs/extract_peaks/{{shard}}.log",
@@ -32,30 +31,10 @@ rule extract_peaks:
         runtime=lambda wc, attempt: 120 * attempt,
         gpu=int(PEAKS["device"] == "cuda"),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli extract-peaks --manifest {input.manifest:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli peaks extract --manifest {input.manifest:q} "
         "--checkpoint {input.checkpoint:q} --config {params.options:q} "
         "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output.store:q} "
         "--panels {output.panels:q} --threads {threads} --no-progress > {log:q} 2>&1"
-
-
-rule gather_peaks:
-    input:
-        expand(f"{RUN}/peaks/shards/{{shard}}.h5", shard=SHARDS),
-    output:
-        f"{RUN}/peaks/peaks.h5",
-    params:
-        code=code_digest("gather_cli", "store"),
-    log:
-        f"{RUN}/logs/gather_peaks.log",
-    benchmark:
-        f"{RUN}/benchmarks/gather_peaks.tsv"
-    conda:
-        "../envs/tag2mask.yaml"
-    resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 30 * attempt,
-    shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli gather --kind peaks --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 # GT of the splits that have peaks (evaluation only)
@@ -65,12 +44,12 @@ if HAS_GT and PEAKS_GT_SPLITS:
 
     rule evaluate_peaks:
         input:
-            peaks=f"{RUN}/peaks/peaks.h5",
+            peaks=PEAKS_STORE,
             gt=expand(f"{DATA}/gt/{{split}}.json", split=PEAKS_GT_SPLITS),
         output:
             f"{RUN}/peaks/quality.json",
         params:
-            code=code_digest("peaks_quality", "train_classifier", "store", "masks"),
+            code=code("peaks.cli:run_evaluate"),
         log:
             f"{RUN}/logs/evaluate_peaks.log",
         benchmark:
@@ -81,11 +60,9 @@ if HAS_GT and PEAKS_GT_SPLITS:
             mem_mb=lambda wc, attempt: 4000 * attempt,
             runtime=lambda wc, attempt: 30 * attempt,
         shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluate-peaks --peaks {input.peaks:q} --gt {input.gt:q} "
-            "--out {output:q} > {log:q} 2>&1"
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli peaks evaluate --peaks {input.peaks:q} "
+            "--gt {input.gt:q} --out {output:q} > {log:q} 2>&1"
 
 
 # what `rule all` asks of this stage
-PEAKS_TARGET = (
-    f"{RUN}/peaks/quality.json" if HAS_GT and PEAKS_GT_SPLITS else f"{RUN}/peaks/peaks.h5"
-)
+PEAKS_TARGET = f"{RUN}/peaks/quality.json" if HAS_GT and PEAKS_GT_SPLITS else PEAKS_STORE

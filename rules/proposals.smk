@@ -1,6 +1,7 @@
-# Stage 2a: mask proposals per image (CPU only), sharded like the peaks, then gathered.
-# Built-in selective-search style grouping, or imported from proposals.external_json.
-# Quality against ground truth (ABO, recall) only for datasets with GT.
+# Stage `proposals` (tag2mask/proposals/): mask proposals per image (CPU only), sharded like
+# the peaks, then gathered (rule gather, common.smk). Built-in selective-search style grouping,
+# or imported from proposals.external_json. Quality against ground truth (ABO, recall) only
+# for datasets with GT.
 
 PROPOSALS = config["proposals"]
 # the external file is an input (a new file reruns the stage); with no path set, the
@@ -10,13 +11,11 @@ _EXTERNAL = (
     if PROPOSALS["method"] == "external" and PROPOSALS["external_json"]
     else []
 )
-_PROPOSALS_CODE = code_digest("proposals", "proposals_cli", "proposals_import", "store",
-                              "masks", "images", "manifest", "shards")
 
 
 rule propose:
     input:
-        manifest=f"{DATA}/manifest.json",
+        manifest=MANIFEST,
         external=_EXTERNAL,
     output:
         f"{RUN}/proposals/shards/{{shard}}.h5",
@@ -25,7 +24,7 @@ rule propose:
     params:
         options=options("proposals"),
         num_shards=len(SHARDS),
-        code=_PROPOSALS_CODE,
+        code=code("proposals.cli:run_make"),
     log:
         f"{RUN}/logs/propose/{{shard}}.log",
     benchmark:
@@ -36,29 +35,9 @@ rule propose:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 120 * attempt,
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli propose --manifest {input.manifest:q} --config {params.options:q} "
-        "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output:q} "
-        "> {log:q} 2>&1"
-
-
-rule gather_proposals:
-    input:
-        expand(f"{RUN}/proposals/shards/{{shard}}.h5", shard=SHARDS),
-    output:
-        f"{RUN}/proposals/proposals.h5",
-    params:
-        code=code_digest("gather_cli", "store"),
-    log:
-        f"{RUN}/logs/gather_proposals.log",
-    benchmark:
-        f"{RUN}/benchmarks/gather_proposals.tsv"
-    conda:
-        "../envs/tag2mask.yaml"
-    resources:
-        mem_mb=lambda wc, attempt: 2000 * attempt,
-        runtime=lambda wc, attempt: 30 * attempt,
-    shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli gather --kind proposals --out {output:q} {input:q} > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli proposals make --manifest {input.manifest:q} "
+        "--config {params.options:q} --shard {wildcards.shard} --num-shards {params.num_shards} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 # GT of the splits that have proposals (pseudo masks are made for train images)
@@ -68,13 +47,13 @@ if HAS_GT and PROPOSAL_GT_SPLITS:
 
     rule evaluate_proposals:
         input:
-            proposals=f"{RUN}/proposals/proposals.h5",
+            proposals=PROPOSALS_STORE,
             gt=expand(f"{DATA}/gt/{{split}}.json", split=PROPOSAL_GT_SPLITS),
         output:
             f"{RUN}/proposals/quality.json",
         params:
             gt=lambda w, input: [f"{s}={p}" for s, p in zip(PROPOSAL_GT_SPLITS, input.gt)],
-            code=code_digest("proposals_quality", "store", "masks"),
+            code=code("proposals.cli:run_evaluate"),
         log:
             f"{RUN}/logs/evaluate_proposals.log",
         benchmark:
@@ -85,13 +64,11 @@ if HAS_GT and PROPOSAL_GT_SPLITS:
             mem_mb=lambda wc, attempt: 4000 * attempt,
             runtime=lambda wc, attempt: 30 * attempt,
         shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluate-proposals --proposals {input.proposals:q} "
-            "--gt {params.gt:q} --out {output:q} > {log:q} 2>&1"
+            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli proposals evaluate "
+            "--proposals {input.proposals:q} --gt {params.gt:q} --out {output:q} > {log:q} 2>&1"
 
 
 # what `rule all` asks of this stage
 PROPOSALS_TARGET = (
-    f"{RUN}/proposals/quality.json"
-    if HAS_GT and PROPOSAL_GT_SPLITS
-    else f"{RUN}/proposals/proposals.h5"
+    f"{RUN}/proposals/quality.json" if HAS_GT and PROPOSAL_GT_SPLITS else PROPOSALS_STORE
 )

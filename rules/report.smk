@@ -1,52 +1,16 @@
-# Final evaluation and the run report (evaluation side: may read ground truth).
-# evaluate_predictions scores any model folder's predictions with the one evaluator:
-#   {RUN}/<maskrcnn | upper_bound | self_training/round_<r>>/predictions_<split>.json
-#     -> .../evaluation_<split>.json            (needs ground truth: HAS_GT only)
-# Mask R-CNN is also scored on the training images, the images its pseudo masks were made
-# for, so the report can say whether it beats its own pseudo masks (WISE's finding).
-# report -> {RUN}/report.html: one self-contained HTML file (tag2mask.report).
+# Stage `report` (tag2mask/report/), evaluation side: {RUN}/report.html, one self-contained
+# HTML file of the run's figures, curves, timings and pictures.
 
 import re
 import shlex
 
-EVAL_SPLIT = PREDICT_SPLIT  # val when the dataset has one, else train
 _NO_GT = "the dataset (kind 'tags') has no ground truth"
-
-if HAS_GT:
-
-    rule evaluate_predictions:
-        input:
-            gt=f"{DATA}/gt/{{split}}.json",
-            manifest=f"{DATA}/manifest.json",
-            predictions=f"{RUN}/{{model}}/predictions_{{split}}.json",
-        output:
-            f"{RUN}/{{model}}/evaluation_{{split}}.json",
-        wildcard_constraints:
-            model=r"maskrcnn|upper_bound|self_training/round_[1-9][0-9]*",
-            split="train|val",
-        params:
-            options=options("evaluation"),
-            code=code_digest("evaluation", "evaluate_cli", "store", "masks", "manifest"),
-        log:
-            f"{RUN}/logs/evaluate_{{model}}_{{split}}.log",
-        benchmark:
-            f"{RUN}/benchmarks/evaluate_{{model}}_{{split}}.tsv"
-        conda:
-            "../envs/tag2mask.yaml"
-        resources:
-            mem_mb=lambda wc, attempt: 4000 * attempt,
-            runtime=lambda wc, attempt: 30 * attempt,
-        shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluate --gt {input.gt:q} --predictions {input.predictions:q} "
-            "--manifest {input.manifest:q} --config {params.options:q} --out {output:q} "
-            "> {log:q} 2>&1"
-
 
 # The report's inputs, named after `tag2mask report` options (round_<kind>_<r> per round).
 REPORT_INPUTS = {
-    "manifest": f"{DATA}/manifest.json",
+    "manifest": MANIFEST,
     "peaks": PEAKS_STORE,
-    "pseudo_masks": f"{RUN}/pseudo_masks/pseudo_masks.h5",
+    "pseudo_masks": PSEUDO_MASKS,
     "maskrcnn_log": f"{RUN}/maskrcnn/log.jsonl",
 }
 if "val" in SPLITS:
@@ -105,7 +69,7 @@ rule report:
         classifier_log=f"{RUN}/classifier/log.jsonl",
         benchmarks=f"{RUN}/benchmarks",
         shards=len(SHARDS),
-        code=code_digest("report", "report_cli", "images", "store", "masks", "manifest"),
+        code=code("report.cli:run_build"),
     log:
         f"{RUN}/logs/report.log",
     benchmark:
@@ -116,7 +80,7 @@ rule report:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli report --manifest {input.manifest:q} --out {output:q} "
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli report build --manifest {input.manifest:q} --out {output:q} "
         "--config {params.options:q} --run-name {params.run_name:q} "
         "--eval-split {params.eval_split} --classifier-log {params.classifier_log:q} "
         "--benchmarks {params.benchmarks:q} --shards {params.shards} {params.args} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))  # the package, also when not pip-installed
 
-from tag2mask.manifest import Manifest, make_record, write_manifest  # noqa: E402
+from tag2mask.dataset.manifest import Manifest, make_record, write_manifest  # noqa: E402
 
 VOC_MINI = Path(os.environ.get("TAG2MASK_VOC_MINI", REPO.parent / "shared/data/voc-mini"))
 

@@ -2,11 +2,13 @@ import pytest
 import torch
 import torchvision
 
-from tag2mask.backbones import (build_backbone, efficientnet_lite0_package_file,
-                                load_efficientnet_lite0_package)
-from tag2mask.classifier import PeakClassifier
-from tag2mask.errors import InputError
-
+from tag2mask.classifier.backbones import (
+    build_backbone,
+    efficientnet_lite0_package_file,
+    load_efficientnet_lite0_package,
+)
+from tag2mask.classifier.model import PeakClassifier
+from tag2mask.core.errors import InputError
 
 
 def out_shape(backbone, h=64, w=96):

@@ -56,16 +56,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO, build_manifest
 from PIL import Image
 
-from conftest import REPO, build_manifest
-from tag2mask.classifier import build_classifier, save_classifier
+from tag2mask.classifier.model import build_classifier, save_classifier
 from tag2mask.cli import main
-from tag2mask.config import SCHEMA_PATH, load_yaml, section_options
-from tag2mask.datasets import large_images
-from tag2mask.datasets.jpeg_structure import jpeg_problem
-from tag2mask.images import load_rgb, to_rgb
-from tag2mask.manifest import read_manifest
+from tag2mask.core.config import SCHEMA_PATH, load_yaml, section_options
+from tag2mask.dataset import large_images
+from tag2mask.dataset.images import load_rgb, to_rgb
+from tag2mask.dataset.jpeg_structure import jpeg_problem
+from tag2mask.dataset.manifest import read_manifest
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
@@ -118,7 +118,7 @@ def tags_config(images, csv, **dataset):
 
 
 def prepare(config, out_dir):
-    return main(["prepare-dataset", "--config", config, "--out-dir", str(out_dir)])
+    return main(["dataset", "prepare", "--config", config, "--out-dir", str(out_dir)])
 
 
 def write_png(path, array, colour_type, bit_depth=8, filters=(0, 1, 2, 3, 4), palette=b"",
@@ -171,7 +171,7 @@ def classifier(tmp_path_factory):
 
 
 def extract_peaks(manifest, checkpoint, peaks_options, out):
-    return main(["extract-peaks", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
+    return main(["peaks", "extract", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
                  "--config", peaks_options, "--out", str(out), "--no-progress",
                  "--threads", "1"])
 
@@ -273,7 +273,7 @@ def test_image_broken_after_prepare_fails_the_stage_in_one_line(tmp_path, classi
     broken.write_bytes(broken.read_bytes()[:60])
     capsys.readouterr()
     assert extract_peaks(manifest, checkpoint, peaks, out) == 2
-    line = error_line(capsys.readouterr().err, "extract-peaks")
+    line = error_line(capsys.readouterr().err, "peaks extract")
     assert f"{broken}: cannot decode image" in line
     assert out.read_bytes() == before and no_temp_files(tmp_path)
 
@@ -281,11 +281,11 @@ def test_image_broken_after_prepare_fails_the_stage_in_one_line(tmp_path, classi
                           "stride": 8, "epochs": 1, "batch_size": 2, "num_workers": 1,
                           "device": "cpu"})
     train_dir = tmp_path / "classifier"
-    assert main(["train-classifier", "--manifest", str(manifest), "--config", options,
+    assert main(["classifier", "train", "--manifest", str(manifest), "--config", options,
                  "--out-dir", str(train_dir), "--no-progress", "--threads", "1"]) == 2
-    line = error_line(capsys.readouterr().err, "train-classifier")
+    line = error_line(capsys.readouterr().err, "classifier train")
     # the worker's exception re-raised by its message: still the original one line
-    assert line.startswith(f"tag2mask train-classifier: error: {broken}: cannot decode image (")
+    assert line.startswith(f"tag2mask classifier train: error: {broken}: cannot decode image (")
     assert "DataLoader" not in line and "Caught" not in line
     assert not (train_dir / "classifier.pt").exists() and no_temp_files(train_dir)
 
@@ -328,7 +328,7 @@ def test_other_colour_modes_are_converted_and_counted(tmp_path, classifier):
     # and a stage reads them all
     checkpoint, peaks = classifier
     assert extract_peaks(out / "manifest.json", checkpoint, peaks, tmp_path / "p.h5") == 0
-    from tag2mask.store import StoreReader
+    from tag2mask.core.store import StoreReader
     with StoreReader(tmp_path / "p.h5", "peaks") as store:
         assert sorted(store.image_ids) == sorted(names)
 
@@ -378,7 +378,7 @@ def huge_images(tmp_path_factory):
 # starts afresh at exec, so it does not inherit the pytest process's size).
 MEASURE = """
 import json, sys
-import tag2mask.cli, tag2mask.datasets.cli, tag2mask.datasets.tags
+import tag2mask.cli, tag2mask.dataset.cli, tag2mask.dataset.tags
 
 def peak_mb():
     status = open("/proc/self/status").read()
@@ -393,7 +393,7 @@ print(json.dumps({"rc": rc, "base_mb": base, "peak_mb": peak_mb()}))
 def prepare_measured(config, out_dir):
     """prepare-dataset in a fresh process: (exit status, peak RSS MB, MB above the peak after
     importing the package)."""
-    proc = subprocess.run([sys.executable, "-c", MEASURE, "prepare-dataset", "--config",
+    proc = subprocess.run([sys.executable, "-c", MEASURE, "dataset", "prepare", "--config",
                            config, "--out-dir", str(out_dir)],
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -506,10 +506,10 @@ def test_unknown_class_in_csv_is_one_line_and_keeps_the_old_manifest(tmp_path, t
     assert prepare(config, out) == 0
     before = snapshot(out)
     write_csv(csv, ["a.png,cat", "b.png,dog", "c.png,dog zebra"])
-    rc, err = run_cli("prepare-dataset", "--config", config, "--out-dir", out)
+    rc, err = run_cli("dataset", "prepare", "--config", config, "--out-dir", out)
     assert rc == 2
-    line = error_line(err, "prepare-dataset")
-    assert line == (f"tag2mask prepare-dataset: error: {csv}: line 4: unknown class 'zebra' "
+    line = error_line(err, "dataset prepare")
+    assert line == (f"tag2mask dataset prepare: error: {csv}: line 4: unknown class 'zebra' "
                     "(classes: cat, dog)")
     assert snapshot(out) == before and no_temp_files(out)
 
@@ -528,7 +528,7 @@ def test_empty_tag_list_is_a_counted_skip(tmp_path, tags_folder, caplog, capsys)
     write_csv(csv, ["a.png,", "b.png,"])
     capsys.readouterr()
     assert prepare(tags_config(tags_folder, csv), out) == 2
-    line = error_line(capsys.readouterr().err, "prepare-dataset")
+    line = error_line(capsys.readouterr().err, "dataset prepare")
     assert line.endswith(f"{out / 'manifest.json'}: no usable images")
     assert snapshot(out) == before and no_temp_files(out)
 
@@ -591,7 +591,7 @@ def test_evaluation_counts_predictions_on_an_image_without_gt(tmp_path, capsys):
                    {"image_id": 1, "category_id": 1, "segmentation": seg, "score": 0.9}]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps(predictions))
-    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--predictions",
+    assert main(["evaluation", "score", "--gt", str(tmp_path / "gt.json"), "--predictions",
                  str(tmp_path / "pred.json"), "--config", "{}", "--out",
                  str(tmp_path / "e.json")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
@@ -634,17 +634,17 @@ def test_malformed_coco_json_is_one_line(tmp_path, coco_files, capsys, text, pro
     ann.write_text(text(data))
     capsys.readouterr()
     assert prepare(config, out) == 2
-    line = error_line(capsys.readouterr().err, "prepare-dataset")
-    assert line.startswith(f"tag2mask prepare-dataset: error: {ann}: {problem}")
+    line = error_line(capsys.readouterr().err, "dataset prepare")
+    assert line.startswith(f"tag2mask dataset prepare: error: {ann}: {problem}")
     assert snapshot(out) == before and no_temp_files(out)
 
 
 def test_malformed_coco_json_in_a_subprocess(tmp_path, coco_files):
     ann, _, data, config = coco_files
     ann.write_text(json.dumps(data)[:-40])
-    rc, err = run_cli("prepare-dataset", "--config", config, "--out-dir", tmp_path / "d")
+    rc, err = run_cli("dataset", "prepare", "--config", config, "--out-dir", tmp_path / "d")
     assert rc == 2
-    assert f"error: {ann}: not valid JSON" in error_line(err, "prepare-dataset")
+    assert f"error: {ann}: not valid JSON" in error_line(err, "dataset prepare")
     assert not (tmp_path / "d" / "manifest.json").exists()
 
 
@@ -663,8 +663,8 @@ def test_malformed_manifest_is_one_line(tmp_path, classifier, capsys, change, pr
     change(data)
     manifest.write_text(json.dumps(data))
     assert extract_peaks(manifest, checkpoint, peaks, tmp_path / "p.h5") == 2
-    line = error_line(capsys.readouterr().err, "extract-peaks")
-    assert line == f"tag2mask extract-peaks: error: {manifest}: {problem}"
+    line = error_line(capsys.readouterr().err, "peaks extract")
+    assert line == f"tag2mask peaks extract: error: {manifest}: {problem}"
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -685,8 +685,8 @@ def test_config_errors_on_the_command_line(tmp_path, capsys, config, key):
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "dataset"
     assert prepare(str(path), out) == 2
-    line = error_line(capsys.readouterr().err, "prepare-dataset")
-    assert line.startswith(f"tag2mask prepare-dataset: error: {path}: config key {key}")
+    line = error_line(capsys.readouterr().err, "dataset prepare")
+    assert line.startswith(f"tag2mask dataset prepare: error: {path}: config key {key}")
     assert not out.exists()
 
 
@@ -699,7 +699,7 @@ def test_config_errors_on_the_command_line(tmp_path, capsys, config, key):
 ])
 def test_inline_config_errors_on_the_command_line(tmp_path, capsys, inline, key):
     assert prepare(inline, tmp_path / "dataset") == 2
-    line = error_line(capsys.readouterr().err, "prepare-dataset")
+    line = error_line(capsys.readouterr().err, "dataset prepare")
     assert key in line and ("dataset options: config key" in line or "--config" in line)
 
 
@@ -752,15 +752,15 @@ def test_classifier_of_other_classes_is_refused_by_extract_peaks(tmp_path, class
     before = out.read_bytes()
     capsys.readouterr()
     assert extract_peaks(other, checkpoint, peaks, out) == 2
-    line = error_line(capsys.readouterr().err, "extract-peaks")
-    assert line == (f"tag2mask extract-peaks: error: {checkpoint}: classifier was trained on "
+    line = error_line(capsys.readouterr().err, "peaks extract")
+    assert line == (f"tag2mask peaks extract: error: {checkpoint}: classifier was trained on "
                     "classes ['a', 'b', 'c'], but the dataset has ['a', 'b', 'd']")
     assert out.read_bytes() == before and no_temp_files(tmp_path)
 
 
 def test_maskrcnn_of_other_classes_is_refused_by_predict(tmp_path, capsys):
     """An untrained tiny Mask R-CNN saved as train-maskrcnn saves its model.pt."""
-    from tag2mask.maskrcnn import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model
+    from tag2mask.maskrcnn.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model
     options = section_options(json.dumps({"backbone": "tiny", "pretrained": False,
                                           "fpn_channels": 16, "box_head_dim": 32,
                                           "mask_head_channels": 8, "mask_head_layers": 1,
@@ -775,10 +775,11 @@ def test_maskrcnn_of_other_classes_is_refused_by_predict(tmp_path, capsys):
     manifest = build_manifest(tmp_path / "data", n_images=2, size=(40, 32), split="val")
     out = tmp_path / "predictions.json"
     out.write_text("[]\n")  # an earlier run's predictions
-    assert main(["predict", "--checkpoint", str(checkpoint), "--manifest", str(manifest),
+    assert main(["maskrcnn", "predict", "--checkpoint", str(checkpoint),
+                 "--manifest", str(manifest),
                  "--split", "val", "--out", str(out), "--no-progress"]) == 2
-    line = error_line(capsys.readouterr().err, "predict")
-    assert line == (f"tag2mask predict: error: {checkpoint}: checkpoint was trained on classes "
+    line = error_line(capsys.readouterr().err, "maskrcnn predict")
+    assert line == (f"tag2mask maskrcnn predict: error: {checkpoint}: checkpoint was trained on classes "
                     "['square', 'disk'], not ['a', 'b', 'c']")
     assert out.read_text() == "[]\n" and no_temp_files(tmp_path)
 
@@ -793,7 +794,7 @@ def test_training_checkpoint_of_other_classes_is_not_resumed(tmp_path, caplog):
     first = build_manifest(tmp_path / "first", n_images=4, size=(32, 32), classes=("x", "y"))
     second = build_manifest(tmp_path / "second", n_images=4, size=(32, 32))
     for manifest in (first, second):
-        assert main(["train-classifier", "--manifest", str(manifest), "--config", options,
+        assert main(["classifier", "train", "--manifest", str(manifest), "--config", options,
                      "--out-dir", str(out), "--no-progress", "--threads", "1"]) == 0
     assert f"not resuming from {out / 'last.pt'}" in caplog.text
     ckpt = torch.load(out / "classifier.pt", weights_only=True)

@@ -1,9 +1,14 @@
 import pytest
 import yaml
 
-from tag2mask.config import (SCHEMA_PATH, apply_defaults, code_digest, load_yaml,
-                             section_options, validate_config)
-from tag2mask.errors import InputError
+from tag2mask.core.config import (
+    SCHEMA_PATH,
+    apply_defaults,
+    load_yaml,
+    section_options,
+    validate_config,
+)
+from tag2mask.core.errors import InputError
 
 
 def test_default_config_is_valid(repo):
@@ -50,13 +55,3 @@ def test_apply_defaults_fills_nested_objects():
         "a": {"type": "object", "default": {}, "properties": {"b": {"default": 2}}}}}
     assert apply_defaults({}, schema) == {"a": {"b": 2}}
     assert apply_defaults({"a": {"b": 5}}, schema) == {"a": {"b": 5}}
-
-
-def test_code_digest_changes_with_the_code(tmp_path, monkeypatch):
-    import tag2mask.config as config
-    (tmp_path / "mod.py").write_text("x = 1\n")
-    monkeypatch.setattr(config, "PACKAGE_DIR", tmp_path)
-    first = code_digest("mod")
-    assert code_digest("mod") == first
-    (tmp_path / "mod.py").write_text("x = 2\n")
-    assert code_digest("mod") != first

@@ -1,4 +1,4 @@
-"""glibc malloc settings (tag2mask.cpu_memory), checked in child processes: they are
+"""glibc malloc settings (tag2mask.core.cpu_memory), checked in child processes: they are
 process-wide."""
 
 import subprocess
@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import resource, sys, torch
-from tag2mask.cpu_memory import keep_freed_memory
+from tag2mask.core.cpu_memory import keep_freed_memory
 
 def cycle():  # a batched backward's pattern: large tensors of a few sizes made and dropped
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -8,9 +8,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from tag2mask import masks as mask_rle
-from tag2mask.datasets import coco
-from tag2mask.errors import InputError
+from tag2mask.core import masks as mask_rle
+from tag2mask.core.errors import InputError
+from tag2mask.dataset import coco
 
 LIMITS = {"max_image_pixels": 25_000_000, "large_images": "downscale"}
 H, W = 20, 30

@@ -9,11 +9,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 from scipy.ndimage import binary_dilation
 
-from tag2mask.datasets import synthetic
-from tag2mask.datasets.cli import prepare
-from tag2mask.errors import InputError
-from tag2mask.manifest import RECORD_KEYS, read_manifest
-from tag2mask.masks import decode
+from tag2mask.core.errors import InputError
+from tag2mask.core.masks import decode
+from tag2mask.dataset import synthetic
+from tag2mask.dataset.cli import prepare
+from tag2mask.dataset.manifest import RECORD_KEYS, read_manifest
 
 DEFAULTS = {"seed": 0, "train_images": 6, "val_images": 3, "image_size": 64,
             "min_instances": 1, "max_instances": 6, "min_object_size": 0.2,
@@ -279,7 +279,7 @@ def test_bad_options_are_input_errors(tmp_path, options, key):
 def test_schema_defaults_match_generator_defaults():
     import inspect
 
-    from tag2mask.config import section_options
+    from tag2mask.core.config import section_options
     options = section_options('{"kind": "synthetic"}', "dataset")["synthetic"]
     assert set(options) == set(DEFAULTS)
     params = inspect.signature(synthetic.generate_image).parameters

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from tag2mask import cli
-from tag2mask.datasets import tags
-from tag2mask.errors import InputError
-from tag2mask.images import load_rgb
+from tag2mask.core.errors import InputError
+from tag2mask.dataset import tags
+from tag2mask.dataset.images import load_rgb
 
 LIMITS = {"max_image_pixels": 25_000_000, "large_images": "downscale"}
 
@@ -102,14 +102,14 @@ def test_cli_reports_input_error_in_one_line(folder, tmp_path, capsys):
     csv = write_csv(tmp_path / "labels.csv", ["a.jpg,zebra"])
     cfg = {"kind": "tags", "tags": {"images": str(folder), "labels_csv": str(csv),
                                     "classes": ["cat"]}}
-    rc = cli.main(["prepare-dataset", "--config", json.dumps(cfg),
+    rc = cli.main(["dataset", "prepare", "--config", json.dumps(cfg),
                    "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert str(csv) in err and "zebra" in err and "line 2" in err
     write_csv(csv, ["a.jpg,cat", "b.jpg,cat"])
     cfg["tags"]["val_fraction"] = 0.0
-    assert cli.main(["prepare-dataset", "--config", json.dumps(cfg),
+    assert cli.main(["dataset", "prepare", "--config", json.dumps(cfg),
                      "--out-dir", str(tmp_path / "o")]) == 0
     data = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert data["ground_truth"] == {} and len(data["images"]) == 2

@@ -9,11 +9,11 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from tag2mask import masks as mask_rle
-from tag2mask.datasets import cli as dataset_cli
-from tag2mask.datasets import voc
-from tag2mask.errors import InputError
-from tag2mask.manifest import RECORD_KEYS, read_manifest
+from tag2mask.core import masks as mask_rle
+from tag2mask.core.errors import InputError
+from tag2mask.dataset import cli as dataset_cli
+from tag2mask.dataset import voc
+from tag2mask.dataset.manifest import RECORD_KEYS, read_manifest
 
 LIMITS = {"max_image_pixels": 25_000_000, "large_images": "downscale"}
 C = {name: i + 1 for i, name in enumerate(voc.VOC_CLASSES)}  # VOC class index (1-based)

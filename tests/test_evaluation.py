@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from tag2mask import masks as mask_rle
-from tag2mask.errors import InputError
-from tag2mask.evaluation import evaluate, pseudo_masks_to_results, results_to_instances
-from tag2mask.manifest import read_manifest
-from tag2mask.store import StoreWriter
+from tag2mask.core import masks as mask_rle
+from tag2mask.core.errors import InputError
+from tag2mask.core.store import StoreWriter
+from tag2mask.dataset.manifest import read_manifest
+from tag2mask.evaluation.metrics import evaluate, pseudo_masks_to_results, results_to_instances
 
 H, W = 20, 30
 CLASSES = ["a", "b", "c"]
@@ -258,15 +258,15 @@ def test_evaluate_command_on_store_and_on_export(tmp_path, tiny_manifest):
     manifest = read_manifest(tiny_manifest)
     m = write_pseudo_store(tmp_path / "pm.h5", manifest)
     (tmp_path / "gt.json").write_text(json.dumps(gt_for_manifest(manifest, [(m[0], 0)])))
-    assert main(["export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
+    assert main(["evaluation", "export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
                  str(tiny_manifest), "--out", str(tmp_path / "res.json")]) == 0
-    assert main(["export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
+    assert main(["evaluation", "export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
                  str(tiny_manifest), "--out", str(tmp_path / "inst.json"), "--as-instances"]) == 0
     assert sorted(COCO(str(tmp_path / "inst.json")).getImgIds()) == [1, 2]
     reports = []
     for predictions in ("pm.h5", "res.json"):
         out = tmp_path / f"eval-{predictions}.json"
-        assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--predictions",
+        assert main(["evaluation", "score", "--gt", str(tmp_path / "gt.json"), "--predictions",
                      str(tmp_path / predictions), "--manifest", str(tiny_manifest),
                      "--config", '{"score_cutoff": 0.5}', "--out", str(out)]) == 0
         reports.append(json.loads(out.read_text()))
@@ -285,7 +285,7 @@ def test_evaluate_command_refuses_mismatched_inputs(tmp_path, tiny_manifest, cap
     gt = gt_for_manifest(manifest, [])
     gt["images"][0]["id"] = 5  # GT of another manifest
     (tmp_path / "gt.json").write_text(json.dumps(gt))
-    args = ["evaluate", "--gt", str(tmp_path / "gt.json"), "--predictions",
+    args = ["evaluation", "score", "--gt", str(tmp_path / "gt.json"), "--predictions",
             str(tmp_path / "pm.h5"), "--config", "{}", "--out", str(tmp_path / "e.json")]
     assert main(args) == 2
     assert "needs --manifest" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Feature-map geometry (tag2mask.grid): where class-map cells and peaks lie on the image."""
+"""Feature-map geometry (tag2mask.peaks.grid): where class-map cells and peaks lie on the image."""
 
 import json
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from tag2mask.classifier import PeakClassifier
-from tag2mask.config import section_options
-from tag2mask.grid import input_to_image, layer_stride, resample, upsampled_to_cell
-from tag2mask.peaks import image_peaks, peak_pixels
+from tag2mask.classifier.model import PeakClassifier
+from tag2mask.core.config import section_options
+from tag2mask.peaks.extract import image_peaks, peak_pixels
+from tag2mask.peaks.grid import input_to_image, layer_stride, resample, upsampled_to_cell
 
 
 def centre_tap(model, gain=0.5):
@@ -34,7 +34,7 @@ def centre_tap(model, gain=0.5):
                                              ("efficientnet_lite0", 16)])
 def test_backbone_cells_sit_on_input_pixels_stride_times_index(backbone, stride):
     """Known answer: the input gradient of class-map cell (i, j) is one input pixel, (s i, s j)
-    (the premise of tag2mask.grid; a plain resize would put the cell at s (i + 0.5) - 0.5)."""
+    (the premise of tag2mask.peaks.grid; a plain resize would put the cell at s (i + 0.5) - 0.5)."""
     torch.manual_seed(0)
     model = centre_tap(PeakClassifier(backbone, ["a"], stride=stride))
     size = 4 * stride

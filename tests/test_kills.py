@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import build_manifest
-from tag2mask import masks as mask_rle
-from tag2mask.manifest import read_manifest
-from tag2mask.store import StoreWriter
+
+from tag2mask.core import masks as mask_rle
+from tag2mask.core.store import StoreWriter
+from tag2mask.dataset.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_train_classifier_resumes_after_sigkill(tmp_path):
     out = tmp_path / "classifier"
     config = json.dumps({"backbone": "tiny", "input_size": 64, "epochs": 4, "batch_size": 2,
                          "num_workers": 0, "lr_schedule": "constant", "device": "cpu"})
-    args = ["train-classifier", "--manifest", str(manifest), "--config", config,
+    args = ["classifier", "train", "--manifest", str(manifest), "--config", config,
             "--out-dir", str(out), "--threads", "1", "--no-progress"]
     kill_after_first_epoch(start(*args), out / "log.jsonl")
     assert not (out / "classifier.pt").exists(), "a killed run must not leave the final model"
@@ -89,7 +89,7 @@ def test_train_maskrcnn_resumes_after_sigkill(tmp_path):
                          "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
                          "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 20,
                          "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 32})
-    args = ["train-maskrcnn", "--store", str(store), "--manifest", str(manifest_path),
+    args = ["maskrcnn", "train", "--store", str(store), "--manifest", str(manifest_path),
             "--config", config, "--out-dir", str(out), "--threads", "1", "--no-progress"]
     kill_after_first_epoch(start(*args), out / "log.jsonl")
     assert not (out / "model.pt").exists()
@@ -106,7 +106,7 @@ def test_store_writer_killed_mid_write_leaves_no_store(tmp_path):
     out = tmp_path / "store.h5"
     code = (
         "import time, numpy as np\n"
-        "from tag2mask.store import StoreWriter\n"
+        "from tag2mask.core.store import StoreWriter\n"
         f"with StoreWriter({str(out)!r}, 'peaks', ['a']) as w:\n"
         "    for i in range(100000):\n"
         "        w.add(f'img{i}', 8, 8, {'v': np.zeros(64)})\n"

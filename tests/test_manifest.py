@@ -4,9 +4,15 @@ import json
 
 import pytest
 
-from tag2mask.errors import InputError
-from tag2mask.manifest import (RECORD_KEYS, Manifest, make_record, read_manifest, validate,
-                               write_manifest)
+from tag2mask.core.errors import InputError
+from tag2mask.dataset.manifest import (
+    RECORD_KEYS,
+    Manifest,
+    make_record,
+    read_manifest,
+    validate,
+    write_manifest,
+)
 
 CLASSES = ["aeroplane", "bicycle", "person"]
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tag2mask import masks as rle
-from tag2mask.config import section_options
-from tag2mask.errors import InputError
-from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
-from tag2mask.maskrcnn import PseudoMaskDataset, build_model, load_checkpoint
-from tag2mask.store import StoreWriter
-from tag2mask.train_maskrcnn import train
+from tag2mask.core import masks as rle
+from tag2mask.core.config import section_options
+from tag2mask.core.errors import InputError
+from tag2mask.core.store import StoreWriter
+from tag2mask.dataset.manifest import Manifest, make_record, read_manifest, write_manifest
+from tag2mask.maskrcnn.model import PseudoMaskDataset, build_model, load_checkpoint
+from tag2mask.maskrcnn.train import train
 
 CLASSES = ["square", "disk"]
 COLOURS = {0: (230, 40, 40), 1: (40, 80, 230)}
@@ -307,7 +307,7 @@ def test_build_model_backbones_offline():
         assert set(out) == {"boxes", "labels", "scores", "masks"}
         assert out["masks"].shape[1:] == (1, 64, 64)
         if name == "efficientnet_lite0":  # the package's ImageNet weights, stem first
-            from tag2mask.backbones import efficientnet_lite0_package_file
+            from tag2mask.classifier.backbones import efficientnet_lite0_package_file
 
             stem = next(iter(torch.load(efficientnet_lite0_package_file(),
                                         weights_only=True).values()))

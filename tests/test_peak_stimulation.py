@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from tag2mask.peak_stimulation import (PeakStimulation, filter_values, find_peaks, peak_mask,
-                                       peak_stimulation)
+from tag2mask.classifier.peak_stimulation import (
+    PeakStimulation,
+    filter_values,
+    find_peaks,
+    peak_mask,
+    peak_stimulation,
+)
 
 
 def two_peak_map():

@@ -5,18 +5,22 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import build_manifest
-from tag2mask.classifier import build_classifier, save_classifier
-from tag2mask.cli import main
-from tag2mask.config import section_options
-from tag2mask.groundtruth import CocoBuilder
-from tag2mask.manifest import make_record, read_manifest
-from tag2mask.peaks import options_digest, select_peaks, to_image_pixels
-from tag2mask.peaks_quality import (own_instances, pairwise_similarity, peak_quality,
-                                    response_localisation, response_map_quality)
-from tag2mask.store import StoreReader, StoreWriter
 
+from tag2mask.classifier.model import build_classifier, save_classifier
+from tag2mask.cli import main
+from tag2mask.core.config import section_options
+from tag2mask.core.store import StoreReader, StoreWriter
+from tag2mask.dataset.groundtruth import CocoBuilder
+from tag2mask.dataset.manifest import make_record, read_manifest
+from tag2mask.peaks.extract import options_digest, select_peaks, to_image_pixels
+from tag2mask.peaks.quality import (
+    own_instances,
+    pairwise_similarity,
+    peak_quality,
+    response_localisation,
+    response_map_quality,
+)
 
 ARRAYS = {  # name -> (dtype, trailing shape given P, K, map shape, C)
     "peak_class": np.int16, "peak_yx": np.float32, "peak_value": np.float32,
@@ -42,7 +46,7 @@ def setup(tmp_path_factory):
 def extract(setup, name, options, shard=0, num_shards=1, panels=False):
     folder, manifest, checkpoint = setup
     out = folder / f"{name}.h5"
-    argv = ["extract-peaks", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
+    argv = ["peaks", "extract", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
             "--config", json.dumps(options), "--shard", str(shard), "--num-shards",
             str(num_shards), "--out", str(out), "--no-progress", "--threads", "1"]
     if panels:
@@ -95,7 +99,7 @@ def test_shards_gather_equal_one_shard(setup):
     one = extract(setup, "whole", options)
     shards = [extract(setup, f"shard{i}", options, shard=i, num_shards=3) for i in range(3)]
     gathered = setup[0] / "gathered.h5"
-    assert main(["gather", "--kind", "peaks", "--out", str(gathered), *map(str, shards)]) == 0
+    assert main(["peaks", "gather", "--out", str(gathered), *map(str, shards)]) == 0
     attrs_a, a = read_all(one)
     attrs_b, b = read_all(gathered)
     assert list(a) == list(b)
@@ -151,7 +155,7 @@ def test_response_layer(setup, capsys):
         np.testing.assert_array_equal(other[image_id]["response_maps"],
                                       at_input[image_id]["response_maps"])
     folder, manifest, checkpoint = setup
-    argv = ["extract-peaks", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
+    argv = ["peaks", "extract", "--manifest", str(manifest), "--checkpoint", str(checkpoint),
             "--config", json.dumps({**options, "response_layer": "backbone.nope"}),
             "--out", str(folder / "bad.h5"), "--no-progress"]
     assert main(argv) == 2
@@ -245,7 +249,7 @@ def test_quality_known_answer(tmp_path):
     assert r["pair_overlap"] == pytest.approx(1.0, abs=1e-3)
     assert r["peaks_in_own_instance"] == 3 and r["pairs_different_instances"] == 0
     assert r["different_instances_cosine"] is None
-    assert main(["evaluate-peaks", "--peaks", str(store), "--gt", str(gt_path),
+    assert main(["peaks", "evaluate", "--peaks", str(store), "--gt", str(gt_path),
                  "--out", str(tmp_path / "q.json")]) == 0
     assert json.loads((tmp_path / "q.json").read_text())["peak_precision"] == \
         pytest.approx(3 / 5)

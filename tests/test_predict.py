@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-
-from tag2mask.cli import main
-from tag2mask.manifest import read_manifest
-from tag2mask.train_maskrcnn import train
 from test_maskrcnn import CLASSES, make_dataset, tiny_options
 
+from tag2mask.cli import main
+from tag2mask.dataset.manifest import read_manifest
+from tag2mask.maskrcnn.train import train
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def test_predict_manifest_split_loads_with_pycocotools(model, tmp_path):
     folder, manifest, ckpt, truth = model
     out = tmp_path / "pred.json"
     overlays = tmp_path / "overlays"
-    assert main(["predict", "--checkpoint", str(ckpt), "--manifest", str(manifest),
+    assert main(["maskrcnn", "predict", "--checkpoint", str(ckpt), "--manifest", str(manifest),
                  "--split", "val", "--out", str(out), "--overlays", str(overlays),
                  "--batch-size", "4", "--device", "cpu", "--no-progress"]) == 0
     results = json.loads(out.read_text())
@@ -92,7 +91,7 @@ def test_predict_folder_writes_sidecar(model, tmp_path):
     (images / "c.png").write_bytes(b"not an image")  # logged and skipped
     (images / "notes.txt").write_text("ignored")
     out = tmp_path / "pred.json"
-    assert main(["predict", "--checkpoint", str(ckpt), "--images", str(images),
+    assert main(["maskrcnn", "predict", "--checkpoint", str(ckpt), "--images", str(images),
                  "--out", str(out), "--no-progress"]) == 0
     sidecar = json.loads((tmp_path / "pred.json.images.json").read_text())
     assert [(i["id"], i["file_name"]) for i in sidecar["images"]] == [(1, "a.png"), (2, "b.png")]
@@ -110,7 +109,8 @@ def test_predict_refuses_checkpoint_of_other_classes(model, tmp_path, capsys):
         rec["labels"] = [{"disk": "circle"}.get(n, n) for n in rec["labels"]]
     other = folder / "other_manifest.json"
     other.write_text(json.dumps(data))
-    rc = main(["predict", "--checkpoint", str(ckpt), "--manifest", str(other), "--split", "val",
+    rc = main(["maskrcnn", "predict", "--checkpoint", str(ckpt), "--manifest", str(other),
+               "--split", "val",
                "--out", str(tmp_path / "x.json"), "--no-progress"])
     assert rc == 2 and "trained on classes" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -1,13 +1,13 @@
-"""Peak response maps: the positive-weight rule and the batched backward (tag2mask.prm)."""
+"""Peak response maps: the positive-weight rule and the batched backward (tag2mask.peaks.prm)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tag2mask.errors import InputError
-from tag2mask.grid import resample
-from tag2mask.prm import PeakBackprop, normalise, positive_backprop
+from tag2mask.core.errors import InputError
+from tag2mask.peaks.grid import resample
+from tag2mask.peaks.prm import PeakBackprop, normalise, positive_backprop
 
 # torch notes that an even 'same' kernel pads a copy of the input: expected here
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -217,7 +217,7 @@ def test_maps_at_a_layer_known_answer():
     window = xs[:, y - 1:y + 2, x - 1:x + 2]
     mass = torch.zeros_like(xs)
     mass[:, y - 1:y + 2, x - 1:x + 2] = window * w_pos / (window * w_pos).sum()
-    # resampled onto the input: layer cell j at input pixel 2 j (tag2mask.grid)
+    # resampled onto the input: layer cell j at input pixel 2 j (tag2mask.peaks.grid)
     expected = resample(mass.sum(0)[None, None], 2, (12, 14), (12, 14))[0, 0]
     torch.testing.assert_close(got, expected / expected.sum())
     # at the input: conv1's rule (stride 2, zero padding 1) by hand on that mass, where the

@@ -12,19 +12,34 @@ from scipy import sparse
 from skimage.segmentation import felzenszwalb
 
 from tag2mask import cli
-from tag2mask import masks as mask_rle
-from tag2mask.errors import InputError
-from tag2mask.groundtruth import CocoBuilder
-from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
-from tag2mask.proposals import (ProposalSettings, adjacency, boxes_of, coco_strings,
-                                distinct_rows, forest_members,
-                                hierarchical_grouping, iou_matrix, members_to_rle,
-                                near_duplicates, nest, propose, rank_value, region_cues,
-                                rgb_to_hsv, select_and_rank, to_colour_space,
-                                upsample_labels, working_image)
-from tag2mask.proposals_import import import_external, rle_string_counts
-from tag2mask.proposals_quality import best_overlaps, evaluate_store, image_figures
-from tag2mask.store import StoreReader, StoreWriter
+from tag2mask.core import masks as mask_rle
+from tag2mask.core.errors import InputError
+from tag2mask.core.store import StoreReader, StoreWriter
+from tag2mask.dataset.groundtruth import CocoBuilder
+from tag2mask.dataset.manifest import Manifest, make_record, read_manifest, write_manifest
+from tag2mask.proposals.builtin import (
+    ProposalSettings,
+    adjacency,
+    boxes_of,
+    coco_strings,
+    distinct_rows,
+    forest_members,
+    hierarchical_grouping,
+    iou_matrix,
+    members_to_rle,
+    near_duplicates,
+    nest,
+    propose,
+    rank_value,
+    region_cues,
+    rgb_to_hsv,
+    select_and_rank,
+    to_colour_space,
+    upsample_labels,
+    working_image,
+)
+from tag2mask.proposals.external import import_external, rle_string_counts
+from tag2mask.proposals.quality import best_overlaps, evaluate_store, image_figures
 
 SMALL = {"max_proposals": 300, "working_size": 128, "scales": [100, 300],
          "colour_spaces": ["hsv", "lab"], "strategies": ["CTSF", "TSF"]}
@@ -108,7 +123,7 @@ def test_downscaled_working_image_gives_full_resolution_masks():
 
 
 def test_settings_defaults_are_the_schema_defaults():
-    from tag2mask.config import section_options
+    from tag2mask.core.config import section_options
     schema = section_options("{}", "proposals")
     settings = ProposalSettings()
     for key in ProposalSettings.__dataclass_fields__:
@@ -382,15 +397,15 @@ def test_store_layout_and_shards_gather(tmp_path):
     manifest = scene_manifest(tmp_path / "data")
     options = json.dumps({**SMALL, "max_proposals": 50})
     one = tmp_path / "one.h5"
-    assert cli.main(["propose", "--manifest", str(manifest), "--config", options,
+    assert cli.main(["proposals", "make", "--manifest", str(manifest), "--config", options,
                      "--out", str(one)]) == 0
     shards = []
     for i in range(3):
         shards.append(tmp_path / f"s{i}.h5")
-        assert cli.main(["propose", "--manifest", str(manifest), "--config", options,
+        assert cli.main(["proposals", "make", "--manifest", str(manifest), "--config", options,
                          "--shard", str(i), "--num-shards", "3", "--out", str(shards[i])]) == 0
     gathered = tmp_path / "all.h5"
-    assert cli.main(["gather", "--kind", "proposals", "--out", str(gathered),
+    assert cli.main(["proposals", "gather", "--out", str(gathered),
                      *map(str, shards)]) == 0
     a, attrs = read_store(one)
     b, _ = read_store(gathered)
@@ -416,7 +431,8 @@ def test_store_layout_and_shards_gather(tmp_path):
 
 def test_propose_bad_shard_is_an_input_error(tmp_path, capsys):
     manifest = scene_manifest(tmp_path / "data", n=1)
-    rc = cli.main(["propose", "--manifest", str(manifest), "--config", "{}", "--shard", "2",
+    rc = cli.main(["proposals", "make", "--manifest", str(manifest), "--config", "{}",
+                   "--shard", "2",
                    "--num-shards", "2", "--out", str(tmp_path / "x.h5")])
     assert rc == 2 and "shard 2" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
@@ -462,7 +478,7 @@ def test_import_round_trip(tmp_path):
     path = tmp_path / "ext.json"
     path.write_text(json.dumps(data))
     out = tmp_path / "ext.h5"
-    assert cli.main(["import-proposals", "--manifest", str(manifest), "--json", str(path),
+    assert cli.main(["proposals", "import", "--manifest", str(manifest), "--json", str(path),
                      "--out", str(out)]) == 0
     store, attrs = read_store(out)
     assert attrs["method"] == "external"
@@ -475,7 +491,7 @@ def test_import_round_trip(tmp_path):
     # the same through the stage command (method external), capped
     cfg = json.dumps({"method": "external", "external_json": str(path), "max_proposals": 2})
     out2 = tmp_path / "ext2.h5"
-    assert cli.main(["propose", "--manifest", str(manifest), "--config", cfg,
+    assert cli.main(["proposals", "make", "--manifest", str(manifest), "--config", cfg,
                      "--out", str(out2)]) == 0
     s2, _ = read_store(out2)
     assert s2[r0.id]["masks"] == e0["masks"][:2]
@@ -517,7 +533,7 @@ def test_import_malformed_json_cli(tmp_path, capsys):
     manifest = scene_manifest(tmp_path / "data", n=1)
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    rc = cli.main(["import-proposals", "--manifest", str(manifest), "--json", str(path),
+    rc = cli.main(["proposals", "import", "--manifest", str(manifest), "--json", str(path),
                    "--out", str(tmp_path / "x.h5")])
     err = capsys.readouterr().err
     assert rc == 2 and "bad.json" in err and "not valid JSON" in err
@@ -609,7 +625,7 @@ def test_evaluate_proposals_command(tmp_path):
         wtr.add("x", h, w, {"masks": mask_rle.encode(box(h, w, 0, 10, 0, 5)[None]),
                             "scores": np.ones(1, np.float32)})
     out = tmp_path / "q.json"
-    assert cli.main(["evaluate-proposals", "--proposals", str(store), "--gt",
+    assert cli.main(["proposals", "evaluate", "--proposals", str(store), "--gt",
                      f"train={gt_path}", "--out", str(out)]) == 0
     q = json.loads(out.read_text())
     assert q["splits"]["train"]["abo"] == pytest.approx(0.5)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tag2mask import masks as rle
 from tag2mask.cli import main as cli_main
-from tag2mask.groundtruth import CocoBuilder
-from tag2mask.manifest import Manifest, make_record, read_manifest, write_manifest
-from tag2mask.report import Part, ReportInputs, build_report, read_benchmarks, verdict
-from tag2mask.store import StoreWriter
+from tag2mask.core import masks as rle
+from tag2mask.core.store import StoreWriter
+from tag2mask.dataset.groundtruth import CocoBuilder
+from tag2mask.dataset.manifest import Manifest, make_record, read_manifest, write_manifest
+from tag2mask.report.page import Part, ReportInputs, build_report, read_benchmarks, verdict
 
 H, W = 48, 64
 OPTIONS = {"panel_images": 2, "panel_size": 96}
@@ -188,7 +188,7 @@ def test_benchmarks_grouping(tmp_path):
 
 def test_report_command(run_dir):
     out = run_dir / "report.html"
-    rc = cli_main(["report", "--manifest", str(run_dir / "dataset" / "manifest.json"),
+    rc = cli_main(["report", "build", "--manifest", str(run_dir / "dataset" / "manifest.json"),
                    "--out", str(out), "--config", json.dumps(OPTIONS),
                    "--pseudo-eval", str(run_dir / "pseudo.json"),
                    "--round-eval", f"2={run_dir / 'round1.json'}",
@@ -196,7 +196,7 @@ def test_report_command(run_dir):
     assert rc == 0
     page = out.read_text()
     assert "Self-training round 2" in page and "not available: the dataset has no ground truth" in page
-    rc = cli_main(["report", "--manifest", str(run_dir / "dataset" / "manifest.json"),
+    rc = cli_main(["report", "build", "--manifest", str(run_dir / "dataset" / "manifest.json"),
                    "--out", str(out), "--missing", "nonsense=x"])
     assert rc == 2
 

@@ -27,13 +27,13 @@ CONFIG = {"run_name": "retry", "shards": 1,
                                     "image_size": 32}}}
 
 # Runs at the start of every Python process that sees this PYTHONPATH, the jobs included;
-# it acts only in a `tag2mask prepare-dataset` process.
+# it acts only in a `tag2mask dataset prepare` process.
 OOM_HOOK = '''\
 import os
 import resource
 
 _attempts = os.environ.get("FAIL_ATTEMPTS_FILE")
-if _attempts and b"prepare-dataset" in open("/proc/self/cmdline", "rb").read().split(b"\\0"):
+if _attempts and b"prepare" in open("/proc/self/cmdline", "rb").read().split(b"\\0"):
     with open(_attempts, "a+") as f:
         f.seek(0)
         failed = len(f.read().splitlines())

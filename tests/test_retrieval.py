@@ -5,18 +5,23 @@ import json
 
 import numpy as np
 import pytest
-
-from tag2mask import masks as mask_rle
-from tag2mask.cli import main
-from tag2mask.config import section_options
-from tag2mask.errors import InputError
-from tag2mask.manifest import read_manifest
-from tag2mask.retrieval import (contour_size, morphological_gradient, prepare_image, select,
-                                select_reference_loop, working_shape)
-from tag2mask.pseudo_masks import retrieve_image
-from tag2mask.store import StoreReader, StoreWriter, gather
-
 from conftest import build_manifest
+
+from tag2mask.cli import main
+from tag2mask.core import masks as mask_rle
+from tag2mask.core.config import section_options
+from tag2mask.core.errors import InputError
+from tag2mask.core.store import StoreReader, StoreWriter, gather
+from tag2mask.dataset.manifest import read_manifest
+from tag2mask.retrieval.pseudo_masks import retrieve_image
+from tag2mask.retrieval.select import (
+    contour_size,
+    morphological_gradient,
+    prepare_image,
+    select,
+    select_reference_loop,
+    working_shape,
+)
 
 H, W = 40, 60
 
@@ -245,7 +250,7 @@ def test_retrieve_command_writes_shards_that_gather(tmp_path):
     for shard in range(2):
         out = tmp_path / f"shards/{shard}.h5"
         panels = ["--panels", str(tmp_path / "panels"), "--panels-max", "1"] if shard == 0 else []
-        assert main(["retrieve", "--peaks", str(tmp_path / "peaks.h5"), "--proposals",
+        assert main(["retrieval", "select", "--peaks", str(tmp_path / "peaks.h5"), "--proposals",
                      str(tmp_path / "props.h5"), "--manifest", str(manifest_path),
                      "--config", cfg, "--shard", str(shard), "--num-shards", "2",
                      "--out", str(out)] + panels) == 0
@@ -286,6 +291,6 @@ def test_retrieve_refuses_mismatched_classes(tmp_path):
     with StoreWriter(tmp_path / "other.h5", "proposals", ["x", "y", "z"]):
         pass
     with pytest.raises(InputError, match="differ from the manifest"):
-        from tag2mask.pseudo_masks import write_shard
+        from tag2mask.retrieval.pseudo_masks import write_shard
         write_shard(tmp_path / "peaks.h5", tmp_path / "other.h5", manifest_path, opts(), 0, 1,
                     tmp_path / "out.h5")

@@ -4,15 +4,20 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import build_manifest
-from tag2mask import masks as rle
-from tag2mask.config import section_options
-from tag2mask.errors import InputError
-from tag2mask.evaluation import pseudo_masks_to_results
-from tag2mask.manifest import read_manifest
-from tag2mask.self_training import ORIGIN_PREDICTION, ORIGIN_PREVIOUS, merge_image, merge_round
-from tag2mask.store import StoreReader, StoreWriter
+
+from tag2mask.core import masks as rle
+from tag2mask.core.config import section_options
+from tag2mask.core.errors import InputError
+from tag2mask.core.store import StoreReader, StoreWriter
+from tag2mask.dataset.manifest import read_manifest
+from tag2mask.evaluation.metrics import pseudo_masks_to_results
+from tag2mask.self_training.merge import (
+    ORIGIN_PREDICTION,
+    ORIGIN_PREVIOUS,
+    merge_image,
+    merge_round,
+)
 
 H, W = 32, 40
 OPTIONS = {"rounds": 1, "score_threshold": 0.5, "require_peak": True, "duplicate_iou": 0.5}

@@ -16,7 +16,6 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from test_workflow import TINY, snakemake
 
 REPO = Path(__file__).resolve().parents[1]

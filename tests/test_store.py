@@ -2,9 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from tag2mask import masks as mask_rle
-from tag2mask.errors import InputError
-from tag2mask.store import StoreReader, StoreWriter, gather
+from tag2mask.core import masks as mask_rle
+from tag2mask.core.errors import InputError
+from tag2mask.core.store import StoreReader, StoreWriter, gather
 
 
 def _random_masks(rng, n, h, w):
@@ -89,7 +89,8 @@ def test_rle_boxes_and_area():
 
 def test_outputs_get_the_usual_permissions(tmp_path):
     import os
-    from tag2mask.atomic import write_json
+
+    from tag2mask.core.atomic import write_json
     write_json(tmp_path / "x.json", {})
     umask = os.umask(0)
     os.umask(umask)

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tag2mask.classifier import check_classes, load_classifier
+from tag2mask.classifier.model import check_classes, load_classifier
+from tag2mask.classifier.train import average_precision, freezes_batchnorm, train_classifier
 from tag2mask.cli import main
-from tag2mask.config import section_options
-from tag2mask.errors import InputError
-from tag2mask.manifest import Manifest, make_record, write_manifest
-from tag2mask.train_classifier import average_precision, freezes_batchnorm, train_classifier
+from tag2mask.core.config import section_options
+from tag2mask.core.errors import InputError
+from tag2mask.dataset.manifest import Manifest, make_record, write_manifest
 
 CLASSES = ["bright", "dark"]
 
@@ -53,7 +53,7 @@ def manifest(tmp_path_factory):
 
 def test_training_writes_log_checkpoints_and_a_loadable_classifier(manifest, tmp_path):
     out = tmp_path / "run"
-    assert main(["train-classifier", "--manifest", str(manifest), "--config",
+    assert main(["classifier", "train", "--manifest", str(manifest), "--config",
                  json.dumps(dict(options(epochs=3))), "--out-dir", str(out)]) == 0
     log = read_log(out)
     assert [r["epoch"] for r in log] == [1, 2, 3]

@@ -5,14 +5,14 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import REPO, build_manifest
-from tag2mask import masks as rle
-from tag2mask.errors import InputError
-from tag2mask.groundtruth import CocoBuilder
-from tag2mask.manifest import read_manifest
-from tag2mask.store import StoreReader
-from tag2mask.upper_bound import gt_to_pseudo_mask_store
+
+from tag2mask.core import masks as rle
+from tag2mask.core.errors import InputError
+from tag2mask.core.store import StoreReader
+from tag2mask.dataset.groundtruth import CocoBuilder
+from tag2mask.dataset.manifest import read_manifest
+from tag2mask.upper_bound.gt_masks import gt_to_pseudo_mask_store
 
 
 def _box_mask(h, w, y0, y1, x0, x1):
@@ -70,7 +70,7 @@ def test_gt_store_holds_the_gt_masks_and_classes(gt_case, tmp_path):
 
 def test_gt_store_trains_like_a_pseudo_mask_store(gt_case, tmp_path):
     """The Mask R-CNN dataset reads it unchanged (same layout as retrieval's store)."""
-    from tag2mask.maskrcnn import PseudoMaskDataset
+    from tag2mask.maskrcnn.model import PseudoMaskDataset
     manifest_path, gt_path, _ = gt_case
     out = tmp_path / "gt.h5"
     gt_to_pseudo_mask_store(gt_path, manifest_path, out)

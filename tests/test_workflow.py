@@ -94,6 +94,8 @@ def test_tags_only_dataset_skips_evaluation(tmp_path):
     jobs = dry_run_jobs(tmp_path, config=config)
     assert "train_maskrcnn" in jobs
     assert not any(r.startswith("evaluate") or "upper_bound" in r for r in jobs), sorted(jobs)
+    models = set(planned_jobs(tmp_path, "--forceall", config=config))
+    assert "train_maskrcnn[maskrcnn]" in models and "train_maskrcnn[upper_bound]" not in models
 
 
 @pytest.mark.slow
@@ -129,17 +131,17 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     assert "Nothing to be done" in snakemake(tmp_path, "-n", config=one).stdout
     changed = {**one, "retrieval": {**one["retrieval"], "nms_iou": 0.5}}
     jobs = set(planned_jobs(tmp_path, config=changed))
-    assert {"retrieve", "gather_pseudo_masks", "train_maskrcnn", "report"} <= jobs
+    assert {"retrieve", "gather", "train_maskrcnn[maskrcnn]", "report"} <= jobs
     assert not jobs & BEFORE_RETRIEVAL, jobs
 
     # A code change in the retrieval module reruns retrieval (rules carry a code digest).
     copy = tmp_path / "checkout"
     for part in ["Snakefile", "rules", "config", "workflow"]:
         copy_tree(REPO / part, copy / part)
-    with open(copy / "workflow/tag2mask/retrieval.py", "a") as f:
+    with open(copy / "workflow/tag2mask/retrieval/select.py", "a") as f:
         f.write("\n# a code change\n")
     jobs = set(planned_jobs(tmp_path, "-s", str(copy / "Snakefile"), config=one))
-    assert {"retrieve", "gather_pseudo_masks", "train_maskrcnn"} <= jobs
+    assert {"retrieve", "gather", "train_maskrcnn[maskrcnn]"} <= jobs
     assert not jobs & BEFORE_RETRIEVAL, jobs
 
     # 4 shards give the same stores and metrics as 1. Every dataset of the peaks, proposals
@@ -171,13 +173,23 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
 
 
 BEFORE_RETRIEVAL = {"prepare_dataset", "train_classifier", "extract_peaks", "propose",
-                    "train_upper_bound"}
+                    "train_maskrcnn[upper_bound]"}
 
 
 def planned_jobs(workdir, *args, config=None):
-    """Rules a plain dry run would execute (as the user would see with `snakemake -n`)."""
+    """Jobs a plain dry run would execute (as the user would see with `snakemake -n`): the
+    rule name, and for the rules of several models (train_maskrcnn, predict,
+    evaluate_predictions) also `rule[model]`, e.g. train_maskrcnn[upper_bound]."""
     out = snakemake(workdir, "-n", *args, config=config).stdout
-    return re.findall(r"^rule (\w+):", out, re.M)
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", out):
+        m = re.match(r"rule (\w+):", block)
+        if m:
+            jobs.append(m.group(1))
+            model = re.search(r"^\s+wildcards: .*\bmodel=([\w/]+)", block, re.M)
+            if model:
+                jobs.append(f"{m.group(1)}[{model.group(1)}]")
+    return jobs
 
 
 def copy_tree(src, dst):

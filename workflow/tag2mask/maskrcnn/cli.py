@@ -1,0 +1,94 @@
+"""`tag2mask maskrcnn ...`: Mask R-CNN trained on a pseudo-mask store, and its predictions.
+
+    tag2mask maskrcnn train --store pseudo_masks.h5 --manifest M --config C --out-dir DIR
+    tag2mask maskrcnn predict --checkpoint DIR/model.pt --manifest M --split val --out P.json
+    tag2mask maskrcnn predict --checkpoint DIR/model.pt --images FOLDER --out P.json
+
+train writes model.pt, log.jsonl and checkpoints/ (one per epoch; a restarted run resumes
+after the last one; tag2mask.maskrcnn.train). Ground truth is never read. predict writes COCO
+results JSON that pycocotools loads unchanged, on a manifest split or a folder of images, and
+optional overlay PNGs (tag2mask.maskrcnn.predict). The upper bound and the self-training
+rounds use these same two actions on their own stores.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+from ..core.cli_args import add_action, add_config, add_progress, add_threads, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def add_actions(actions):
+    p = add_action(actions, "train", "train Mask R-CNN on a pseudo-mask store", __doc__,
+                   run_train)
+    p.add_argument("--store", required=True, type=Path, help="pseudo_masks HDF5 store")
+    p.add_argument("--manifest", required=True, type=Path, help="dataset manifest.json")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="folder for model.pt, log.jsonl and checkpoints/")
+    add_config(p, "maskrcnn")
+    add_threads(p)
+    add_progress(p)
+
+    p = add_action(actions, "predict", "Mask R-CNN predictions as COCO results JSON", __doc__,
+                   run_predict)
+    p.add_argument("--checkpoint", required=True, type=Path, help="model.pt of `train`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", type=Path, help="dataset manifest.json (with --split)")
+    src.add_argument("--images", type=Path, help="a folder of images")
+    p.add_argument("--split", default="val", help="manifest split to predict (default: val)")
+    p.add_argument("--out", required=True, type=Path, help="COCO results JSON to write")
+    p.add_argument("--overlays", type=Path, help="also write overlay PNGs into this folder")
+    p.add_argument("--config",
+                   help="a workflow config YAML or the `maskrcnn` section as inline JSON; its "
+                        "prediction options (score_threshold, mask_threshold, "
+                        "predict_batch_size, test_min_size, ...) replace the checkpoint's")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: predict_batch_size)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's")
+    add_threads(p)
+    add_progress(p)
+
+
+def run_train(args):
+    from ..core.config import section_options
+    from .train import train
+
+    set_threads(args.threads)
+    train(section_options(args.config, "maskrcnn"), args.store, args.manifest, args.out_dir,
+          progress=not args.no_progress)
+
+
+def run_predict(args):
+    from ..core.atomic import write_json
+    from ..core.config import section_options
+    from ..core.devices import resolve_device
+    from .model import load_checkpoint
+    from .predict import PREDICT_OPTIONS, configure, folder_items, manifest_items, predict
+
+    set_threads(args.threads)
+    if args.manifest is not None:
+        items, classes = manifest_items(args.manifest, args.split)
+    else:
+        items, classes = folder_items(args.images), None
+    model, payload = load_checkpoint(args.checkpoint, classes)  # other classes: InputError
+    options = json.loads(payload["config"])
+    if args.config:
+        given = section_options(args.config, "maskrcnn")
+        options.update({k: given[k] for k in PREDICT_OPTIONS})
+    if args.batch_size:
+        options["predict_batch_size"] = args.batch_size
+    if args.device:
+        options["device"] = args.device
+    device = resolve_device(options["device"], "maskrcnn.device")
+    model.to(device)
+    configure(model, options)
+    results, infos, stats = predict(model, items, options, device, payload["class_names"],
+                                    args.overlays, progress=not args.no_progress,
+                                    skip_bad=args.manifest is None)
+    if args.manifest is None:
+        write_json(f"{args.out}.images.json", {"images": infos}, indent=None)
+    write_json(args.out, results, indent=None)
+    log.info("%d images (%d unreadable, skipped), %d detections, %.1f images/s -> %s",
+             stats["images"], stats["skipped"], stats["detections"], stats["images_per_s"] or 0,
+             args.out)

@@ -1,0 +1,167 @@
+"""`tag2mask predict`: instance masks from a trained Mask R-CNN, as COCO results JSON.
+
+Images come from a manifest split (image_id = the manifest's COCO id, the id ground truth
+uses) or from a folder (image_id = 1-based position in sorted file-name order; a sidecar
+`<out>.images.json` maps ids to file names and sizes). Each result has image_id, category_id
+(class index + 1, the manifest's category ids), segmentation (compressed RLE, counts as str),
+bbox (x, y, w, h) and score: pycocotools `COCO.loadRes` reads the file unchanged.
+Optional overlay PNGs show the masks, boxes and labels over each image.
+"""
+
+import logging
+import time
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from ..core import masks as rle
+from ..core.atomic import atomic_path
+from ..core.errors import InputError
+from ..dataset.images import ImageDecodeError, load_rgb
+from ..dataset.manifest import read_manifest
+from .model import collate, set_test_size
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# options that may differ from the training run's: they only change inference
+PREDICT_OPTIONS = ("score_threshold", "mask_threshold", "predict_batch_size", "test_min_size",
+                   "box_detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                   "device", "amp", "num_workers")
+
+
+class ImageList(torch.utils.data.Dataset):
+    """(position, uint8 image [3,H,W]) per path; unreadable images give None when `skip_bad`."""
+
+    def __init__(self, paths, skip_bad=False):
+        self.paths = list(paths)
+        self.skip_bad = skip_bad
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            image = load_rgb(self.paths[i])
+        except ImageDecodeError as e:
+            if not self.skip_bad:
+                raise
+            log.warning("skipped: %s", e)
+            return None
+        return i, torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def _collate(batch):
+    batch = [b for b in batch if b is not None]
+    return collate(batch) if batch else ((), ())
+
+
+def manifest_items(manifest_path, split):
+    """(coco id, path, name) of a manifest split's images, and the manifest's classes."""
+    m = read_manifest(manifest_path)
+    records = m.split(split)
+    if not records:
+        raise InputError(manifest_path, f"no images in split {split!r} (splits: {m.splits})")
+    return [(m.coco_image_id(r.id), r.path, r.id) for r in records], m.classes
+
+
+def folder_items(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "image folder not found")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(folder, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return [(i + 1, str(p), p.name) for i, p in enumerate(files)]
+
+
+def configure(model, options):
+    """Apply the prediction options to a loaded model."""
+    model.roi_heads.score_thresh = options["score_threshold"]
+    model.roi_heads.detections_per_img = options["box_detections_per_img"]
+    model.rpn._pre_nms_top_n["testing"] = options["rpn_pre_nms_top_n_test"]
+    model.rpn._post_nms_top_n["testing"] = options["rpn_post_nms_top_n_test"]
+    set_test_size(model, options)
+
+
+def to_results(output, image_id, options):
+    """COCO results of one image's model output (masks pasted at image resolution)."""
+    keep = output["scores"] >= options["score_threshold"]
+    masks = (output["masks"][keep, 0] > options["mask_threshold"]).cpu().numpy()
+    boxes = output["boxes"][keep].float().cpu().numpy()
+    scores = output["scores"][keep].float().cpu().numpy()
+    labels = output["labels"][keep].cpu().numpy()
+    nonempty = masks.any(axis=(1, 2))  # an empty mask cannot match anything
+    masks, boxes, scores, labels = masks[nonempty], boxes[nonempty], scores[nonempty], labels[nonempty]
+    h, w = masks.shape[1:] if len(masks) else (0, 0)
+    results = []
+    for counts, box, score, label in zip(rle.encode(masks), boxes, scores, labels):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        results.append({"image_id": int(image_id), "category_id": int(label),
+                        "segmentation": rle.to_coco_segmentation(counts, h, w),
+                        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "score": round(float(score), 5)})
+    return results, masks
+
+
+def predict(model, items, options, device, class_names=(), overlays=None, progress=True,
+            skip_bad=False):
+    """Run the model over items [(coco id, path, name)]: (COCO results list, per-image info
+    [{id, file_name, width, height}], stats). `skip_bad`: log and skip undecodable images
+    (a folder of images) instead of failing (a manifest, whose images were checked)."""
+    amp = bool(options["amp"]) and device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        ImageList([p for _, p, _ in items], skip_bad), batch_size=options["predict_batch_size"],
+        num_workers=options["num_workers"], collate_fn=_collate,
+        pin_memory=device.type == "cuda")
+    results, infos, skipped = [], [], 0
+    start = time.perf_counter()
+    model.eval()
+    for positions, images in tqdm(loader, desc="predict", disable=not progress, mininterval=2.0):
+        if not positions:
+            continue
+        batch = [im.to(device, non_blocking=True).float().div_(255) for im in images]
+        with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+            outputs = model(batch)
+        for pos, image, out in zip(positions, images, outputs):
+            image_id, path, name = items[pos]
+            found, masks = to_results(out, image_id, options)
+            results.extend(found)
+            infos.append({"id": image_id, "file_name": name, "width": int(image.shape[2]),
+                          "height": int(image.shape[1])})
+            if overlays is not None:
+                write_overlay(Path(overlays) / f"{urllib.parse.quote(name, safe='')}.png",
+                              image.permute(1, 2, 0).numpy(), found, masks, class_names)
+    seconds = time.perf_counter() - start
+    skipped = len(items) - len(infos)
+    stats = {"images": len(infos), "skipped": skipped, "detections": len(results),
+             "seconds": round(seconds, 3),
+             "images_per_s": round(len(infos) / seconds, 3) if seconds > 0 else None}
+    return results, infos, stats
+
+
+def _palette(i):
+    rng = np.random.default_rng(i + 7)
+    return tuple(int(v) for v in rng.integers(40, 256, 3))
+
+
+def write_overlay(path, image, results, masks, class_names):
+    """The image with each predicted mask tinted, its box outlined and 'class score' written."""
+    canvas = image.astype(np.float32)
+    for k, m in enumerate(masks):
+        canvas[m] = 0.45 * canvas[m] + 0.55 * np.array(_palette(k), np.float32)
+    img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for k, r in enumerate(results):
+        x, y, w, h = r["bbox"]
+        draw.rectangle([x, y, x + w, y + h], outline=_palette(k))
+        c = r["category_id"] - 1
+        name = class_names[c] if 0 <= c < len(class_names) else str(r["category_id"])
+        draw.text((x + 2, y + 1), f"{name} {r['score']:.2f}", fill=(255, 255, 255))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
