@@ -77,8 +77,9 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 from tag2mask.core import masks as mask_rle  # noqa: E402
 from tag2mask.core.config import section_options  # noqa: E402
-from tag2mask.proposals.builtin import ProposalSettings, members_to_rle, propose, upsample_labels
+from tag2mask.proposals.builtin import ProposalSettings, propose  # noqa: E402
 from tag2mask.proposals.quality import image_figures, summarise  # noqa: E402
+from tag2mask.proposals.superpixels import upsample_labels  # noqa: E402
 
 DEFAULT_VOC = REPO.parent / "shared" / "data" / "voc-mini"
 # one grouping (one colour space, one scale, one similarity mix), like the package
@@ -158,7 +159,7 @@ def run_selectivesearch(images, scale=500, sigma=0.9, min_size=10, size=None):
         for i, r in enumerate(regions):
             member[i, np.asarray(r["labels"], np.int64)] = True
         member = np.unique(member, axis=0)  # the package returns duplicates
-        counts = members_to_rle(member, label_map)
+        counts = mask_rle.encode_label_unions(member, label_map)
         seconds.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
         b, _, _ = image_figures(counts, gt, rgb.shape[0], rgb.shape[1], void)
@@ -206,14 +207,16 @@ def verdict(set_name, name, ours, ss):
     speedup = ss["cpu_seconds_per_image"] / ours["cpu_seconds_per_image"]
     diff = ours["abo"] - ss["abo"]
     met = speedup >= GOAL_SPEEDUP and diff >= 0
-    return (f"{set_name:9s} {name:8s} {speedup:5.1f}x faster (CPU s/image {ours['cpu_seconds_per_image']:.3f}"
+    return (f"{set_name:9s} {name:8s} {speedup:5.1f}x faster "
+            f"(CPU s/image {ours['cpu_seconds_per_image']:.3f}"
             f" vs {ss['cpu_seconds_per_image']:.3f}), ABO {ours['abo']:.3f} vs {ss['abo']:.3f}"
             f" ({diff:+.3f}): {'meets' if met else 'does NOT meet'} the goal (>= {GOAL_SPEEDUP:g}x"
             " at equal or better ABO)")
 
 
 def photo_verdict(set_name, ours, ss):
-    return (f"{set_name:9s} photos   ABO {ours['abo']:.3f} (recall@0.7 {ours['recall@0.7']:.2f}) in "
+    return (f"{set_name:9s} photos   ABO {ours['abo']:.3f} "
+            f"(recall@0.7 {ours['recall@0.7']:.2f}) in "
             f"{ours['cpu_seconds_per_image']:.2f} CPU s/image; package ABO {ss['abo']:.3f} in "
             f"{ss['cpu_seconds_per_image']:.2f} s; MCG's class: ABO 0.6-0.7 in ~5-30 s")
 

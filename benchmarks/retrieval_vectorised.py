@@ -4,7 +4,8 @@ Both get the same working-resolution inputs (tag2mask.retrieval.select.prepare_i
 the same choices (asserted): proposal per peak, kept instances, merges, confidences. Timed:
 
 * vectorised = `select` (contours by separable bool filters, scores by matrix products, NMS)
-* loop       = `select_reference_loop` (each contour with scipy.ndimage, each score with 2-D sums)
+* loop       = `select_reference_loop` (tests/retrieval_reference.py: each contour with
+               scipy.ndimage, each score with 2-D sums)
 * prepare    = decoding the RLE proposals and downsampling them and the maps (shared by both;
                reported so the per-image total is visible)
 
@@ -27,11 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "workflow"), str(REPO / "tests")]
+
+from retrieval_reference import select_reference_loop  # noqa: E402
 
 from tag2mask.core import masks as mask_rle  # noqa: E402
 from tag2mask.core.config import section_options  # noqa: E402
-from tag2mask.retrieval.select import prepare_image, select, select_reference_loop  # noqa: E402
+from tag2mask.retrieval.select import prepare_image, select  # noqa: E402
 
 
 def ellipses(rng, n, shape, min_r, max_r):

@@ -6,8 +6,9 @@
 Generates `--images` train images in memory (no files), times it, and prints JSON with:
 instances per image (histogram), per-class image frequency, object extent quantiles (largest
 side of the visible part over the image side), share of multi-instance images whose instances
-touch or overlap, share of instances in contact with a later-drawn one, and the colour-only baselines of
-`synthetic.colour_shortcuts` (chance: 1/6 for the class accuracy, 0.5 for the thresholds).
+touch or overlap, share of instances in contact with a later-drawn one, and the colour-only
+baselines of `colour_shortcuts` (tests/synthetic_difficulty.py; chance: 1/6 for the class
+accuracy, 0.5 for the thresholds).
 """
 
 import argparse
@@ -19,7 +20,10 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "workflow"), str(REPO / "tests")]
+from synthetic_difficulty import colour_shortcuts  # noqa: E402
+
 from tag2mask.dataset import synthetic  # noqa: E402
 
 
@@ -30,7 +34,8 @@ def touching(masks):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
@@ -72,7 +77,7 @@ def main():
                                        / max(len(several), 1), 3),
         "instances_bordering_a_later_one_share": round(occluded / counts.sum(), 3),
         "colour_shortcuts": {k: round(v, 3) for k, v in
-                             synthetic.colour_shortcuts(samples).items()},
+                             colour_shortcuts(samples).items()},
     }, indent=1))
 
 

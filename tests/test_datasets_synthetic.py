@@ -8,6 +8,11 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 from scipy.ndimage import binary_dilation
+from synthetic_difficulty import (
+    best_threshold_balanced_accuracy,
+    colour_shortcuts,
+    nearest_mean_accuracy,
+)
 
 from tag2mask.core.errors import InputError
 from tag2mask.core.masks import decode
@@ -155,11 +160,11 @@ def test_measures_detect_colour_coded_data():
     rng = np.random.default_rng(0)
     y = rng.integers(3, size=300)
     x = np.eye(3)[y] * 100 + rng.normal(0, 10, (300, 3))
-    assert synthetic.nearest_mean_accuracy(x[:150], y[:150], x[150:], y[150:], 3) > 0.95
+    assert nearest_mean_accuracy(x[:150], y[:150], x[150:], y[150:], 3) > 0.95
     values = rng.normal(0, 1, 1000)
-    assert synthetic.best_threshold_balanced_accuracy(values, values > 0.3) == 1.0
-    assert synthetic.best_threshold_balanced_accuracy(values, values < -0.3) == 1.0
-    assert synthetic.best_threshold_balanced_accuracy(values, rng.random(1000) < 0.2) < 0.6
+    assert best_threshold_balanced_accuracy(values, values > 0.3) == 1.0
+    assert best_threshold_balanced_accuracy(values, values < -0.3) == 1.0
+    assert best_threshold_balanced_accuracy(values, rng.random(1000) < 0.2) < 0.6
 
 
 def test_colour_shortcuts_flag_colour_coded_images(samples):
@@ -172,14 +177,14 @@ def test_colour_shortcuts_flag_colour_coded_images(samples):
         for m, c in zip(s.masks, s.classes):
             rgb[m] = class_colours[c]
         coded.append(synthetic.SyntheticImage(rgb, s.masks, s.classes))
-    stats = synthetic.colour_shortcuts(coded)
+    stats = colour_shortcuts(coded)
     assert stats["instance_class_accuracy"] == 1.0
     assert stats["global_threshold"] == 1.0
     assert stats["per_image_threshold_median"] == 1.0
 
 
 def test_colour_gives_no_shortcut(samples):
-    stats = synthetic.colour_shortcuts(samples)
+    stats = colour_shortcuts(samples)
     assert 0.05 < stats["foreground_fraction"] < 0.5
     # an instance's mean colour does not tell its class: chance is 1/6, colour-coded ~1
     assert stats["instance_class_accuracy"] < 0.3

@@ -7,7 +7,6 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 from scipy import sparse
 from skimage.segmentation import felzenszwalb
 
@@ -17,29 +16,26 @@ from tag2mask.core.errors import InputError
 from tag2mask.core.store import StoreReader, StoreWriter
 from tag2mask.dataset.groundtruth import CocoBuilder
 from tag2mask.dataset.manifest import Manifest, make_record, read_manifest, write_manifest
-from tag2mask.proposals.builtin import (
-    ProposalSettings,
-    adjacency,
-    boxes_of,
-    coco_strings,
+from tag2mask.proposals.builtin import ProposalSettings, propose
+from tag2mask.proposals.external import import_external
+from tag2mask.proposals.grouping import forest_members, hierarchical_grouping
+from tag2mask.proposals.quality import best_overlaps, evaluate_store, image_figures
+from tag2mask.proposals.ranking import (
     distinct_rows,
-    forest_members,
-    hierarchical_grouping,
-    iou_matrix,
-    members_to_rle,
     near_duplicates,
-    nest,
-    propose,
     rank_value,
     region_cues,
-    rgb_to_hsv,
     select_and_rank,
+)
+from tag2mask.proposals.superpixels import (
+    adjacency,
+    boxes_of,
+    nest,
+    rgb_to_hsv,
     to_colour_space,
     upsample_labels,
     working_image,
 )
-from tag2mask.proposals.external import import_external, rle_string_counts
-from tag2mask.proposals.quality import best_overlaps, evaluate_store, image_figures
 
 SMALL = {"max_proposals": 300, "working_size": 128, "scales": [100, 300],
          "colour_spaces": ["hsv", "lab"], "strategies": ["CTSF", "TSF"]}
@@ -61,6 +57,17 @@ def scene(seed=0, size=(96, 112)):
         img[m] = colour
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8), objects
+
+
+def iou_matrix(a, b, weights):
+    """Brute-force IoU between rows of bool matrices a [P, A] and b [Q, A] whose columns have
+    `weights` (float32, as near_duplicates tests IoU)."""
+    af = a.astype(np.float32)
+    bf = b.astype(np.float32)
+    w = weights.astype(np.float32)
+    inter = (af * w) @ bf.T
+    union = (af @ w)[:, None] + (bf @ w)[None, :] - inter
+    return inter / np.maximum(union, 1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -157,45 +164,6 @@ def test_flat_and_tiny_images_give_the_whole_image():
     for rgb in (np.full((40, 30, 3), 128, np.uint8), np.zeros((1, 1, 3), np.uint8)):
         props = propose(rgb, ProposalSettings.from_options(SMALL), "flat")
         assert len(props) == 1 and props.masks().all()
-
-
-def test_members_to_rle_matches_encode():
-    rng = np.random.default_rng(3)
-    labels = rng.integers(0, 7, (9, 13))
-    labels[:, :4] = 6  # long runs, including across column boundaries
-    members = rng.random((12, 7)) < 0.5
-    members[0] = False  # empty mask
-    members[1] = True  # full mask
-    assert members_to_rle(members, labels) == mask_rle.encode(members[:, labels])
-    assert members_to_rle(members[:0], labels) == []
-
-
-def test_members_to_rle_random_against_pycocotools():
-    # label maps with runs crossing columns, masks empty, full, or starting at pixel 0
-    rng = np.random.default_rng(5)
-    for trial in range(60):
-        h, w = rng.integers(1, 12, 2)
-        n = int(rng.integers(1, 6))
-        labels = rng.integers(0, n, (h, w))
-        if trial % 2:
-            labels[:, : w // 2] = n - 1
-        members = sparse.csr_matrix(rng.random((int(rng.integers(1, 8)), n)) < rng.random())
-        expected = mask_rle.encode(members.toarray()[:, labels])
-        assert members_to_rle(members, labels) == expected
-        assert members_to_rle(members, labels, chunk=int(rng.integers(1, 6))) == expected
-
-
-def test_coco_strings_match_pycocotools():
-    rng = np.random.default_rng(2)
-    counts = [[0, 5], [7], [3, 1, 2, 40, 1, 33, 2000, 1, 1], [0, 1, 1 << 30, 2, 70000]]
-    counts += [rng.integers(0, 10 ** int(rng.integers(1, 7)), int(rng.integers(1, 9))).tolist()
-               for _ in range(30)]
-    offsets = np.r_[0, np.cumsum([len(c) for c in counts])]
-    got = coco_strings(np.concatenate(counts), offsets)
-    for c, g in zip(counts, got):
-        ref = mask_utils.frPyObjects({"size": [1, int(sum(c))], "counts": [int(v) for v in c]},
-                                     1, int(sum(c)))
-        assert g == ref["counts"].decode("ascii")
 
 
 def test_forest_members_known_tree():
@@ -447,19 +415,7 @@ def rle_dict(mask, compressed=True):
     h, w = mask.shape
     if compressed:
         return {"size": [h, w], "counts": counts}
-    return {"size": [h, w], "counts": rle_string_counts(counts)}
-
-
-def test_rle_string_counts_round_trip():
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        m = rng.random((17, 23)) < rng.random()
-        runs = rle_string_counts(mask_rle.encode(m))
-        assert sum(runs) == m.size
-        back = mask_utils.frPyObjects({"size": [17, 23], "counts": runs}, 17, 23)
-        np.testing.assert_array_equal(mask_utils.decode(back).astype(bool), m)
-    assert rle_string_counts("0") is None or sum(rle_string_counts("0")) == 0
-    assert rle_string_counts("\x7f") is None
+    return {"size": [h, w], "counts": mask_rle.decode_run_lengths(counts)}
 
 
 def test_import_round_trip(tmp_path):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from conftest import build_manifest
+from retrieval_reference import select_reference_loop
 
 from tag2mask.cli import main
 from tag2mask.core import masks as mask_rle
@@ -19,7 +20,6 @@ from tag2mask.retrieval.select import (
     morphological_gradient,
     prepare_image,
     select,
-    select_reference_loop,
     working_shape,
 )
 

@@ -6,10 +6,11 @@ import torch
 from PIL import Image
 
 from tag2mask.classifier.model import check_classes, load_classifier
-from tag2mask.classifier.train import average_precision, freezes_batchnorm, train_classifier
+from tag2mask.classifier.train import freezes_batchnorm, train_classifier
 from tag2mask.cli import main
 from tag2mask.core.config import section_options
 from tag2mask.core.errors import InputError
+from tag2mask.core.metrics import average_precision
 from tag2mask.dataset.manifest import Manifest, make_record, write_manifest
 
 CLASSES = ["bright", "dark"]

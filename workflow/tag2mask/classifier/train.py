@@ -35,6 +35,7 @@ from ..core.atomic import atomic_path, write_text
 from ..core.config import digest
 from ..core.devices import resolve_device
 from ..core.errors import InputError
+from ..core.metrics import average_precision
 from ..dataset.images import load_rgb
 from ..dataset.manifest import read_manifest
 from .model import (
@@ -89,30 +90,6 @@ def epoch_plan(n, epoch, options):
     sizes = [max(stride, round(options["input_size"] * s / stride) * stride)
              for s in scales.tolist()]
     return list(zip(order, flips)), sizes
-
-
-def average_precision(scores, targets):
-    """Per-class average precision [C] (NaN for classes without positives).
-
-    AP = sum over distinct score thresholds of (recall step) x precision, the non-interpolated
-    definition (as sklearn's average_precision_score); tied scores count as one threshold.
-    """
-    scores, targets = np.asarray(scores, float), np.asarray(targets) > 0
-    aps = np.full(scores.shape[1], np.nan)
-    for c in range(scores.shape[1]):
-        positives = targets[:, c].sum()
-        if positives == 0:
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        s, t = scores[order, c], targets[order, c]
-        tp = np.cumsum(t)
-        # the last position of each group of equal scores closes a threshold
-        last = np.r_[s[1:] != s[:-1], True]
-        tp_at, n_at = tp[last], np.flatnonzero(last) + 1
-        recall_steps = np.diff(np.r_[0, tp_at]) / positives
-        aps[c] = float(np.sum(recall_steps * tp_at / n_at))
-    return aps
-
 
 
 def lr_factor(options):

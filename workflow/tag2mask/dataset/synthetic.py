@@ -12,8 +12,9 @@ their size (diameter of the enclosing circle) is uniform in [min, max]_object_si
 Instances are drawn one on top of the other, so later ones occlude earlier ones; about half are
 placed against an instance already there, so objects touch and overlap. A new instance is only
 accepted if every instance below it keeps at least MIN_VISIBLE of its area and
-MIN_PIXELS_FRACTION of the image visible, so each ground-truth mask (the visible part of its object) is substantial, and the
-image-level labels are exactly the classes of the instances in the ground truth.
+MIN_PIXELS_FRACTION of the image visible, so each ground-truth mask (the visible part of its
+object) is substantial, and the image-level labels are exactly the classes of the instances in
+the ground truth.
 
 Every image is generated from its own random stream seeded by (seed, split, index), so the
 result does not depend on generation order: same seed, byte-identical images and ground truth.
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.ndimage import binary_dilation
+from skimage import color
 from skimage.draw import polygon2mask
 from tqdm import tqdm
 
@@ -176,17 +178,7 @@ def palette(rng):
     """PALETTE_SIZE random colours (float RGB 0..255) from one distribution for all uses."""
     hsv = np.stack([rng.random(PALETTE_SIZE), rng.uniform(*PALETTE_SATURATION, PALETTE_SIZE),
                     rng.uniform(*PALETTE_VALUE, PALETTE_SIZE)], axis=1)
-    return 255.0 * _hsv_to_rgb(hsv)
-
-
-def _hsv_to_rgb(hsv):
-    h, s, v = hsv[:, 0] * 6.0, hsv[:, 1], hsv[:, 2]
-    i = np.floor(h).astype(int) % 6
-    f = h - np.floor(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = np.stack([np.stack(c, axis=1) for c in
-                      [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])
-    return table[i, np.arange(len(hsv))]
+    return 255.0 * color.hsv2rgb(hsv)
 
 
 def textured_fill(rng, shape, scale, colours, strength):
@@ -358,64 +350,6 @@ def place_instances(rng, size, wanted, min_object_size, max_object_size, max_rot
                 break
     full = np.array(full, dtype=bool).reshape(-1, size, size)
     return full, classes
-
-
-# ---------------------------------------------------------------- difficulty measures
-# How much colour alone gives away; used by the tests and benchmarks/synthetic_stats.py.
-
-def colour_features(rgb):
-    """Per pixel [H*W, 5]: R, G, B, luminance, saturation."""
-    f = rgb.reshape(-1, 3).astype(np.float64)
-    hi, lo = f.max(axis=1), f.min(axis=1)
-    return np.column_stack([f, f @ [0.299, 0.587, 0.114], (hi - lo) / np.maximum(hi, 1)])
-
-
-def nearest_mean_accuracy(train_x, train_y, test_x, test_y, n_classes):
-    """Accuracy of classifying feature vectors by the nearest per-class mean."""
-    means = np.stack([train_x[train_y == k].mean(axis=0) for k in range(n_classes)])
-    pred = np.argmin(((test_x[:, None] - means[None]) ** 2).sum(axis=-1), axis=1)
-    return float((pred == test_y).mean())
-
-
-def best_threshold_balanced_accuracy(values, is_foreground):
-    """Best balanced accuracy of `value >= t` (or `<`) as a foreground detector, over all t."""
-    order = np.argsort(values, kind="stable")
-    fg = np.asarray(is_foreground)[order].astype(np.float64)
-    tp = np.cumsum(fg[::-1])[::-1]  # foreground at or above each cut
-    fp = np.cumsum(1 - fg[::-1])[::-1]
-    bacc = 0.5 * (tp / fg.sum() + 1 - fp / (1 - fg).sum())
-    return float(max(bacc.max(), (1 - bacc).max()))
-
-
-def colour_shortcuts(samples):
-    """Colour-only baselines on generated samples (chance: 1/classes and 0.5).
-
-    instance_class_accuracy: nearest class-mean of an instance's mean colour (means from the
-    first half of the images, tested on the second); global_threshold: best balanced accuracy
-    of one threshold on one colour feature separating foreground from background over all
-    images; per_image_threshold_median: the same, threshold and feature chosen per image
-    with the answer known (an oracle), median over images."""
-    feats, labels, image_index = [], [], []
-    for i, s in enumerate(samples):
-        for m, c in zip(s.masks, s.classes):
-            feats.append(s.rgb[m].astype(np.float64).mean(axis=0))
-            labels.append(c)
-            image_index.append(i)
-    feats, labels, image_index = map(np.array, (feats, labels, image_index))
-    first = image_index < len(samples) // 2
-    pixels = [colour_features(s.rgb) for s in samples]
-    fgs = [s.masks.any(axis=0).ravel() for s in samples]
-    all_pixels, all_fg = np.concatenate(pixels), np.concatenate(fgs)
-    return {
-        "instance_class_accuracy": nearest_mean_accuracy(
-            feats[first], labels[first], feats[~first], labels[~first], len(CLASSES)),
-        "global_threshold": max(best_threshold_balanced_accuracy(all_pixels[:, j], all_fg)
-                                for j in range(all_pixels.shape[1])),
-        "per_image_threshold_median": float(np.median([
-            max(best_threshold_balanced_accuracy(f[:, j], fg) for j in range(f.shape[1]))
-            for f, fg in zip(pixels, fgs)])),
-        "foreground_fraction": float(all_fg.mean()),
-    }
 
 
 # ---------------------------------------------------------------- the reader

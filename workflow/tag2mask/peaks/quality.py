@@ -26,6 +26,7 @@ import numpy as np
 
 from ..core import masks as mask_rle
 from ..core.errors import InputError
+from ..core.metrics import average_precision
 from ..core.store import StoreReader
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,6 @@ def response_map_quality(per_image):
 
 def peak_quality(store_path, gt_paths, thresholds=None):
     """The quality dict (see the module doc) of a peaks store against COCO GT files."""
-    from ..classifier.train import average_precision
-
     gt = read_gt(gt_paths)
     rows = []  # per image: values, class, correct, argmax correct, per-instance peak info
     scores, targets = [], []

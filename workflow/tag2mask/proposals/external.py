@@ -20,62 +20,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from ..core.errors import InputError
+from ..core.masks import checked_counts
 
 log = logging.getLogger(__name__)
-
-
-def rle_string_counts(s):
-    """Run lengths of a COCO compressed RLE string (pycocotools' rleFrString), or None when
-    the string is malformed. Checked here because pycocotools trusts its input."""
-    counts = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(s):
-                return None
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def normalise_segmentation(seg, height, width, where):
-    """A COCO RLE dict -> compressed counts string at (height, width), validated."""
-    if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
-        raise InputError(where, "segmentation must be an RLE dict with 'size' and 'counts'")
-    size = seg["size"]
-    if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or [int(v) for v in size] != [height, width]):
-        raise InputError(where, f"mask size {size} does not match the image size "
-                                f"[{height}, {width}] (height, width)")
-    counts = seg["counts"]
-    if isinstance(counts, str):
-        runs = rle_string_counts(counts)
-        if runs is None:
-            raise InputError(where, "malformed compressed RLE counts string")
-    elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool)
-                                          for v in counts):
-        runs = counts
-    else:
-        raise InputError(where, "counts must be a compressed RLE string or a list of integers")
-    if any(v < 0 for v in runs) or sum(runs) != height * width:
-        raise InputError(where, f"RLE run lengths must be >= 0 and add up to {height * width} "
-                                f"pixels (found {sum(runs)})")
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": list(runs)}, height, width)
-    return rle["counts"].decode("ascii")
 
 
 def read_external(path):
@@ -130,8 +79,7 @@ def image_proposals(items, record, path, key, max_proposals):
         if (not isinstance(score, (int, float)) or isinstance(score, bool)
                 or not math.isfinite(score)):
             raise InputError(where, f"score must be a finite number, found {score!r}")
-        masks.append(normalise_segmentation(item["segmentation"], record.height, record.width,
-                                            where))
+        masks.append(checked_counts(item["segmentation"], record.height, record.width, where))
         scores.append(float(score))
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:max_proposals]
     return [masks[i] for i in order], np.asarray(scores, np.float32)[order]
