@@ -1,4 +1,4 @@
-"""`tag2mask predict`: COCO results JSON from a trained model (manifest split or folder)."""
+"""`tag2mask maskrcnn predict`: COCO results JSON from a trained model (manifest split or folder)."""
 
 import json
 

@@ -56,15 +56,23 @@ def snakemake(workdir, *args, config=None, check=True, timeout=900):
     return proc
 
 
-def dry_run_jobs(workdir, *targets, config=None):
-    """{rule name: [input files]} of every job a forced dry run would execute."""
+def dry_run(workdir, *targets, config=None):
+    """[(rule, [input files], [output files])] of every job a forced dry run would execute."""
     out = snakemake(workdir, "-n", "--forceall", *targets, config=config).stdout
-    jobs = {}
+    jobs = []
     for block in re.split(r"\n(?=rule \w+:)", out):
         m = re.match(r"rule (\w+):", block)
         if m:
-            inputs = re.search(r"^\s+input: (.*)$", block, re.M)
-            jobs.setdefault(m.group(1), []).extend(inputs.group(1).split(", ") if inputs else [])
+            files = [re.search(rf"^\s+{kind}: (.*)$", block, re.M) for kind in ("input", "output")]
+            jobs.append((m.group(1), *(f.group(1).split(", ") if f else [] for f in files)))
+    return jobs
+
+
+def dry_run_jobs(workdir, *targets, config=None):
+    """{rule name: [input files]} of every job a forced dry run would execute."""
+    jobs = {}
+    for rule, inputs, _ in dry_run(workdir, *targets, config=config):
+        jobs.setdefault(rule, []).extend(inputs)
     return jobs
 
 
@@ -79,6 +87,23 @@ def test_weak_stages_take_no_ground_truth_input(tmp_path):
     for rule, inputs in jobs.items():
         assert not any("/gt/" in i for i in inputs), f"{rule} reads ground truth: {inputs}"
     assert "gt_training_masks" not in jobs
+
+
+def test_ground_truth_masks_train_only_the_upper_bound(tmp_path):
+    """One train_maskrcnn rule serves every model; the GT-made store feeds only the job that
+    writes the upper bound's model, and that job reads no pseudo masks."""
+    jobs = dry_run(tmp_path, config={**TINY, "self_training": {"rounds": 1}})
+    fed = [(rule, outputs) for rule, inputs, outputs in jobs
+           if any(i.endswith("upper_bound/gt_training_masks.h5") for i in inputs)]
+    assert fed == [("train_maskrcnn", ["results/tiny/upper_bound/model.pt",
+                                       "results/tiny/upper_bound/log.jsonl"])]
+    trained = {outputs[0]: inputs[0] for rule, inputs, outputs in jobs
+               if rule == "train_maskrcnn"}
+    assert trained == {
+        "results/tiny/maskrcnn/model.pt": "results/tiny/pseudo_masks/pseudo_masks.h5",
+        "results/tiny/self_training/round_1/model.pt":
+            "results/tiny/self_training/round_1/pseudo_masks.h5",
+        "results/tiny/upper_bound/model.pt": "results/tiny/upper_bound/gt_training_masks.h5"}
 
 
 def test_tags_only_dataset_skips_evaluation(tmp_path):

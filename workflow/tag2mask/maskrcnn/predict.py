@@ -1,4 +1,4 @@
-"""`tag2mask predict`: instance masks from a trained Mask R-CNN, as COCO results JSON.
+"""`tag2mask maskrcnn predict`: instance masks from a trained Mask R-CNN, as COCO results JSON.
 
 Images come from a manifest split (image_id = the manifest's COCO id, the id ground truth
 uses) or from a folder (image_id = 1-based position in sorted file-name order; a sidecar

@@ -1,4 +1,4 @@
-"""`tag2mask train-maskrcnn`: train Mask R-CNN on a pseudo-mask store.
+"""`tag2mask maskrcnn train`: train Mask R-CNN on a pseudo-mask store.
 
 Writes into --out-dir:
     model.pt               final checkpoint: weights, config, class names (torch.load with

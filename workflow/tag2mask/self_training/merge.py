@@ -2,7 +2,7 @@
 pseudo masks, checked against the weak evidence (image tags and class peaks).
 
 Round r (r >= 1) starts from the model of round r-1 (round 0 is the Mask R-CNN trained on the
-retrieval pseudo masks) and its predictions on the *training* images (`tag2mask predict
+retrieval pseudo masks) and its predictions on the *training* images (`tag2mask maskrcnn predict
 --split train`; no ground truth anywhere). `merge_image` builds the new pseudo masks of one
 image from those predictions, the image's peaks (peaks store) and round r-1's pseudo masks:
 

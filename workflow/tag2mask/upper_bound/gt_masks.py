@@ -5,7 +5,7 @@ upper-bound run (`{RUN}/upper_bound/`) trains the same Mask R-CNN, with the same
 the GT masks of the same training images, to show how far the weakly supervised pipeline is
 from full supervision on this dataset. No weakly supervised stage reads its output.
 
-`tag2mask gt-training-masks --gt G --manifest M --out S` writes a store with the pseudo-mask
+`tag2mask upper_bound gt-masks --gt G --manifest M --out S` writes a store with the pseudo-mask
 layout (docs/formats.md): masks = the GT instance RLEs (crowd regions left out), labels =
 category_id - 1, scores 1.0, boxes = tight boxes, peak_index -1 and peak_yx NaN (no peak).
 Every manifest image of the split is present, also those without a GT instance (N = 0).
