@@ -1,14 +1,12 @@
 # Stage `report` (tag2mask/report/), evaluation side: {RUN}/report.html, one self-contained
-# HTML file of the run's figures, curves, timings and pictures.
+# HTML file of the run's figures, curves, timings and pictures. The rule passes its named
+# inputs (`--input NAME=PATH`, the names `tag2mask report build --help` lists) and the run
+# facts; the command works out from the facts why a part this run does not make is missing.
 
-import re
-import shlex
-
-_NO_GT = "the dataset (kind 'tags') has no ground truth"
-
-# The report's inputs, named after `tag2mask report` options (round_<kind>_<r> per round).
+# The report's inputs: what this run makes (round_<kind>_<r> per self-training round).
 REPORT_INPUTS = {
     "manifest": MANIFEST,
+    "classifier_log": f"{RUN}/classifier/log.jsonl",
     "peaks": PEAKS_STORE,
     "pseudo_masks": PSEUDO_MASKS,
     "maskrcnn_log": f"{RUN}/maskrcnn/log.jsonl",
@@ -30,45 +28,22 @@ for _r in ROUNDS:
     if HAS_GT:
         REPORT_INPUTS[f"round_eval_{_r}"] = f"{ST}/round_{_r}/evaluation_{EVAL_SPLIT}.json"
 
-# ... as command-line options (shell-quoted)
-_args = []
-for _name, _path in REPORT_INPUTS.items():
-    _m = re.fullmatch(r"round_(eval|log|store)_(\d+)", _name)
-    if _m:
-        _args += [f"--round-{_m.group(1)}", f"{_m.group(2)}={_path}"]
-    elif _name != "manifest":
-        _args += [f"--{_name.replace('_', '-')}", _path]
-
-# why the parts this run does not make are missing
-_why = {}
-if not HAS_GT:
-    for _part in ("pseudo-eval", "maskrcnn-train-eval", "maskrcnn-eval", "upper-bound-eval",
-                  "round-eval", "gt-train", "gt-val"):
-        _why[_part] = _NO_GT
-elif not config["upper_bound"]:
-    _why["upper-bound-eval"] = _why["upper-bound-log"] = "upper_bound is false in the config"
-if "val" not in SPLITS:
-    for _part in ("predictions-val", "maskrcnn-eval", "gt-val"):
-        _why.setdefault(_part, "the dataset has no val split")
-if not ROUNDS:
-    _why.setdefault("round-eval", "self_training.rounds is 0 in the config")
-_args += [f"--missing={k}={v}" for k, v in sorted(_why.items())]
-REPORT_ARGS = " ".join(shlex.quote(a) for a in _args)
-
-
 rule report:
     input:
         **REPORT_INPUTS,
     output:
         f"{RUN}/report.html",
     params:
+        inputs=lambda w, input: [f"{name}={path}" for name, path in input.items()],
         options=options("report"),
-        args=REPORT_ARGS,
         run_name=config["run_name"],
         eval_split=EVAL_SPLIT,
-        classifier_log=f"{RUN}/classifier/log.jsonl",
-        benchmarks=f"{RUN}/benchmarks",
+        ground_truth=HAS_GT,
+        upper_bound=bool(config["upper_bound"]),
+        val_split="val" in SPLITS,
+        rounds=len(ROUNDS),
         shards=len(SHARDS),
+        benchmarks=f"{RUN}/benchmarks",
         code=code("report.cli:run_build"),
     log:
         f"{RUN}/logs/report.log",
@@ -80,10 +55,12 @@ rule report:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli report build --manifest {input.manifest:q} --out {output:q} "
-        "--config {params.options:q} --run-name {params.run_name:q} "
-        "--eval-split {params.eval_split} --classifier-log {params.classifier_log:q} "
-        "--benchmarks {params.benchmarks:q} --shards {params.shards} {params.args} > {log:q} 2>&1"
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli report build --out {output:q} "
+        "--input {params.inputs:q} --config {params.options:q} --run-name {params.run_name:q} "
+        "--eval-split {params.eval_split} --ground-truth {params.ground_truth} "
+        "--upper-bound {params.upper_bound} --val-split {params.val_split} "
+        "--rounds {params.rounds} --shards {params.shards} --benchmarks {params.benchmarks:q} "
+        "> {log:q} 2>&1"
 
 
 REPORT_TARGET = f"{RUN}/report.html"

@@ -92,5 +92,7 @@ def test_real_actions_follow_their_own_imports():
     assert {"peaks/extract.py", "peaks/prm.py", "classifier/model.py", "core/store.py",
             "core/atomic.py"} <= extract
     assert "peaks/quality.py" not in extract  # `peaks evaluate` only
+    report = {p.relative_to(PACKAGE_DIR).as_posix() for p in source_files("report.cli:run_build")}
+    assert "report/templates/report.html.j2" in report  # templates are code too
     prepare = {p.relative_to(PACKAGE_DIR).as_posix() for p in source_files("dataset.cli:run_prepare")}
     assert {"dataset/voc.py", "dataset/coco.py", "dataset/synthetic.py"} <= prepare  # READERS

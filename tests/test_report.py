@@ -1,9 +1,16 @@
 """The HTML report, built from small constructed inputs, and rendered in headless Chromium."""
 
+import fnmatch
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import tomllib
+from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +21,11 @@ from tag2mask.core import masks as rle
 from tag2mask.core.store import StoreWriter
 from tag2mask.dataset.groundtruth import CocoBuilder
 from tag2mask.dataset.manifest import Manifest, make_record, read_manifest, write_manifest
-from tag2mask.report.page import Part, ReportInputs, build_report, read_benchmarks, verdict
+from tag2mask.report.cli import inputs_from_args, missing_reasons
+from tag2mask.report.page import TEMPLATES, build_report, verdict
+from tag2mask.report.readers import Part, ReportInputs, read_benchmarks
 
+REPO = Path(__file__).resolve().parents[1]
 H, W = 48, 64
 OPTIONS = {"panel_images": 2, "panel_size": 96}
 
@@ -101,16 +111,49 @@ def full_inputs(d):
         maskrcnn_eval=Part(d / "mrcnn_val.json"),
         upper_bound_eval=Part(None, "upper_bound is false in the config"),
         round_evals={1: Part(d / "round1.json")},
-        classifier_log=Part(d / "classifier_log.jsonl"), maskrcnn_log=Part(d / "maskrcnn_log.jsonl"),
+        classifier_log=Part(d / "classifier_log.jsonl"),
+        maskrcnn_log=Part(d / "maskrcnn_log.jsonl"),
         benchmarks=Part(d / "benchmarks"), peaks=Part(d / "peaks.h5"),
-        pseudo_masks=Part(d / "pseudo_masks.h5"), predictions_val=Part(d / "predictions_val.json"),
+        pseudo_masks=Part(d / "pseudo_masks.h5"),
+        predictions_val=Part(d / "predictions_val.json"),
         gt_train=Part(d / "dataset" / "gt" / "train.json"),
         gt_val=Part(d / "dataset" / "gt" / "val.json"))
 
 
+class _Rows(HTMLParser):
+    """The rows of every table: their cells' text."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
 def table_rows(page):
-    """Text of each metrics-table row (tags stripped), for value checks."""
-    return [re.sub(r"<[^>]+>", "|", r) for r in re.findall(r"<tr>(.*?)</tr>", page)]
+    """Each table row as "|cell|cell|...|" (cell text, tags stripped), for value checks."""
+    parser = _Rows()
+    parser.feed(page)
+    return ["|" + "|".join(cells) + "|" for cells in parser.rows]
+
+
+def element_text(page, element_id):
+    """The text of the element with this id (tags stripped, white space collapsed)."""
+    m = re.search(rf'<(\w+)[^>]* id="{element_id}"[^>]*>(.*?)</\1>', page, re.DOTALL)
+    return m and " ".join(re.sub(r"<[^>]+>", "", m.group(2)).split())
 
 
 def test_report_holds_the_figures_and_the_verdict(run_dir):
@@ -125,15 +168,17 @@ def test_report_holds_the_figures_and_the_verdict(run_dir):
     row = next(r for r in rows if "Upper bound" in r)
     assert "not available: upper_bound is false in the config" in row
     # WISE's finding, stated plainly, on the same training images
-    assert re.search(r"id='verdict'>Yes: Mask R-CNN beats its own pseudo masks on this run "
-                     r"\(mAP@0.5 41.7 vs 24.7 on the same training images; better on 4 of 4", page)
+    assert element_text(page, "verdict").startswith(
+        "Yes: Mask R-CNN beats its own pseudo masks on this run (mAP@0.5 41.7 vs 24.7 on the "
+        "same training images; better on 4 of 4")
+    assert 'class="verdict yes"' in page
     # published reference points, labelled as VOC 2012 figures
     assert "PASCAL VOC 2012 val" in page and "41.7" in page and "67.9" in page
     # per-class AP (a class without GT shows n/a)
     disc = next(r for r in rows if r.startswith("|disc|") or "|disc|" in r[:8])
     assert "24.7" in disc and "41.7" in disc
     # benchmark times: the two peak shards are summed into one stage
-    assert re.search(r"peaks\|.*\|2\|.*\|20.0\|.*\|12.5\|", next(r for r in rows if r.startswith("|peaks|")))
+    assert "|peaks|2|20.0|12.5|" in rows
     assert "95.2" in page or "95.3" in page
     # curves and pictures are inline; nothing is fetched from elsewhere
     assert page.count("<svg") >= 4  # classifier loss + val mAP, Mask R-CNN losses, timings
@@ -166,7 +211,8 @@ def test_upper_bound_row_and_gap(run_dir):
 def test_verdict_no_and_val_fallback():
     low, high = evaluation(0.5, 0.3, 0.1, 0.1, 0.4), evaluation(0.6, 0.4, 0.2, 0.2, 0.5)
     cls, text = verdict(high, low, None)
-    assert cls == "no" and text.startswith("No: Mask R-CNN does not beat") and "30.0 vs 40.0" in text
+    assert cls == "no" and text.startswith("No: Mask R-CNN does not beat")
+    assert "30.0 vs 40.0" in text
     cls, text = verdict(low, None, high)
     assert cls == "yes" and "different images" in text
 
@@ -186,19 +232,135 @@ def test_benchmarks_grouping(tmp_path):
     assert st["report"]["jobs"] == 1
 
 
+def build_args(*args):
+    """`tag2mask report build` arguments as parsed by the command line."""
+    from tag2mask.cli import build_parser
+    return build_parser(only="report").parse_args(
+        ["report", "build", "--out", "r.html", "--input", "manifest=m.json", *args])
+
+
 def test_report_command(run_dir):
     out = run_dir / "report.html"
-    rc = cli_main(["report", "build", "--manifest", str(run_dir / "dataset" / "manifest.json"),
-                   "--out", str(out), "--config", json.dumps(OPTIONS),
-                   "--pseudo-eval", str(run_dir / "pseudo.json"),
-                   "--round-eval", f"2={run_dir / 'round1.json'}",
-                   "--missing", "upper-bound-eval=the dataset has no ground truth"])
+    rc = cli_main(["report", "build", "--out", str(out), "--config", json.dumps(OPTIONS),
+                   "--input", f"manifest={run_dir / 'dataset' / 'manifest.json'}",
+                   f"pseudo_eval={run_dir / 'pseudo.json'}",
+                   "--input", f"round_eval_2={run_dir / 'round1.json'}",
+                   "--ground-truth", "yes", "--upper-bound", "no", "--val-split", "yes",
+                   "--rounds", "2", "--benchmarks", str(run_dir / "benchmarks")])
     assert rc == 0
-    page = out.read_text()
-    assert "Self-training round 2" in page and "not available: the dataset has no ground truth" in page
-    rc = cli_main(["report", "build", "--manifest", str(run_dir / "dataset" / "manifest.json"),
-                   "--out", str(out), "--missing", "nonsense=x"])
-    assert rc == 2
+    rows = table_rows(out.read_text())
+    assert next(r for r in rows if r.startswith("|Self-training round 2|")).count("44.6") == 1
+    assert ("|Self-training round 1|val|not available: not produced by this run|" in rows)
+    assert ("|Upper bound: Mask R-CNN on GT masks|val|not available: upper_bound is false in "
+            "the config|") in rows
+    assert "|peaks|2|20.0|12.5|" in rows
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "nonsense=x"], "unknown input 'nonsense'"),
+    (["--input", "peaks"], "expected NAME=PATH"),
+    (["--input", "peaks=a.h5", "peaks=b.h5"], "peaks is given twice"),
+    (["--input", "round_eval_x=a.json"], "unknown input 'round_eval_x'"),
+])
+def test_report_command_rejects_bad_inputs(run_dir, capsys, args, message):
+    rc = cli_main(["report", "build", "--out", str(run_dir / "r.html"),
+                   "--input", f"manifest={run_dir / 'dataset' / 'manifest.json'}", *args])
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_report_command_needs_the_manifest(run_dir, capsys):
+    rc = cli_main(["report", "build", "--out", str(run_dir / "r.html"),
+                   "--input", f"peaks={run_dir / 'peaks.h5'}"])
+    assert rc == 2 and "manifest=PATH is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a run fact that is not yes or no
+        build_args("--ground-truth", "maybe")
+
+
+NO_GT, NO_VAL = "the dataset has no ground truth", "the dataset has no val split"
+
+
+def test_missing_parts_say_why_from_the_run_facts():
+    # a dataset without ground truth: every evaluation side part says so, the others are
+    # given; the rounds the run makes are listed, without evaluations
+    inputs = inputs_from_args(build_args(
+        "--input", "peaks=p.h5", "round_log_1=l.jsonl", "--ground-truth", "no",
+        "--upper-bound", "yes", "--val-split", "yes", "--rounds", "1"))
+    for name in ("pseudo_eval", "maskrcnn_train_eval", "maskrcnn_eval", "upper_bound_eval",
+                 "upper_bound_log", "gt_train", "gt_val"):
+        assert getattr(inputs, name).why() == NO_GT, name
+    assert inputs.rounds_reason == NO_GT and inputs.round_evals == {}
+    assert inputs.peaks.path == Path("p.h5") and inputs.round_logs == {1: Part(Path("l.jsonl"))}
+    assert inputs.round_stores[1].why() == "not produced by this run"
+    assert inputs.maskrcnn_log.why() == "not produced by this run"
+    assert inputs.manifest == Path("m.json")
+    # ground truth, but no upper bound, no val split and no self-training
+    inputs = inputs_from_args(build_args("--ground-truth", "true", "--upper-bound", "false",
+                                         "--val-split", "no", "--rounds", "0"))
+    assert inputs.upper_bound_eval.why() == inputs.upper_bound_log.why() == \
+        "upper_bound is false in the config"
+    for name in ("predictions_val", "maskrcnn_eval", "gt_val"):
+        assert getattr(inputs, name).why() == NO_VAL, name
+    assert inputs.pseudo_eval.why() == "not produced by this run"
+    assert inputs.rounds_reason == "self_training.rounds is 0 in the config"
+    assert inputs.round_logs == inputs.round_stores == {}
+    # no ground truth and no val split: ground truth explains the evaluations
+    why = missing_reasons(ground_truth=False, val_split=False, rounds=0)
+    assert why["maskrcnn_eval"] == why["gt_val"] == NO_GT
+    assert why["predictions_val"] == NO_VAL
+    assert why["round_eval"] == "self_training.rounds is 0 in the config"
+    # facts not given: nothing is explained
+    assert missing_reasons() == {}
+    inputs = inputs_from_args(build_args())
+    assert inputs.rounds_reason == "self-training was not run"
+    assert inputs.benchmarks.why() == "not produced by this run"
+
+
+def test_the_rule_passes_what_the_command_takes(tmp_path):
+    """The report rule's command line (dry run) parses, with every input the rule declares."""
+    config = {"run_name": "dry", "upper_bound": False, "self_training": {"rounds": 1},
+              "dataset": {"kind": "synthetic", "synthetic": {"val_images": 0}}}
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+         "--configfile", str(tmp_path / "config.yaml"), "-n", "-p", "--cores", "1",
+         "results/dry/report.html"], check=False, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if "report build" in x)
+    argv = shlex.split(line[line.index("report build"):line.index(" > ")])
+    from tag2mask.cli import build_parser
+    args = build_parser(only="report").parse_args(argv)
+    inputs = inputs_from_args(args)
+    assert inputs.manifest == Path("results/dry/dataset/manifest.json")
+    assert inputs.classifier_log.path == Path("results/dry/classifier/log.jsonl")
+    assert inputs.pseudo_eval.path == Path("results/dry/pseudo_masks/evaluation.json")
+    assert inputs.round_evals[1].path == Path(
+        "results/dry/self_training/round_1/evaluation_train.json")
+    assert inputs.eval_split == "train" and inputs.shards == 2
+    assert inputs.upper_bound_eval.why() == "upper_bound is false in the config"
+    assert inputs.gt_val.why() == NO_VAL
+    assert inputs.benchmarks.path == Path("results/dry/benchmarks")
+
+
+def test_text_from_the_inputs_is_escaped(run_dir):
+    inputs = ReportInputs(manifest=run_dir / "dataset" / "manifest.json", run_name="<i>run</i>",
+                          pseudo_eval=Part(None, "a <script>reason</script> & more"))
+    page = build_report(inputs, {"panel_images": 0, "panel_size": 96})
+    assert "<i>run" not in page and "&lt;i&gt;run&lt;/i&gt;" in page
+    assert "<script>reason" not in page
+    assert "a &lt;script&gt;reason&lt;/script&gt; &amp; more" in page
+    assert "not available: report.panel_images is 0" in page
+
+
+def test_templates_ship_with_the_package(repo):
+    """A non-editable install carries the templates: pyproject's package data names them."""
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["tag2mask"]
+    package = repo / "workflow" / "tag2mask"
+    files = sorted(p.relative_to(package).as_posix() for p in TEMPLATES.iterdir())
+    assert files and {"report/templates/report.html.j2"} <= set(files)
+    for f in files:
+        assert any(fnmatch.fnmatch(f, p) for p in patterns), f
 
 
 # ----------------------------------------------------------------------------- in a browser

@@ -6,8 +6,9 @@ What an action runs is read from the source, without importing it: the stage's c
 modules that cli.py imports at module level and that the action's function imports; and,
 from there on, every module of this package that those import in turn (anywhere in the file,
 also inside functions), together with every string constant that names a module of the
-package (registries that importlib loads, such as tag2mask.dataset.READERS) and the
-__init__.py of every package on the way. Imports inside the cli's other action functions do
+package (registries that importlib loads, such as tag2mask.dataset.cli.READERS), the
+__init__.py of every package on the way, and the files in the `templates/` folder of every
+package it touches (the report's Jinja2 templates are code too). Imports inside the cli's other action functions do
 not count, so a change in `peaks evaluate` does not rerun `peaks extract`.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 PACKAGE = "tag2mask"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+DATA_FOLDERS = ("templates",)  # non-Python files a package runs, e.g. report/templates/
 
 
 def code_digest(spec, package_dir=PACKAGE_DIR):
@@ -63,6 +65,9 @@ def source_files(spec, package_dir=PACKAGE_DIR):
         todo += _references(ast.walk(ast.parse(file.read_text(), str(file))), name, file,
                             package_dir)
     files = {_module_file(name, package_dir) for name in seen}
+    for folder in {f.parent for f in files}:
+        for data in DATA_FOLDERS:
+            files |= {f for f in (folder / data).rglob("*") if f.is_file()}
     return files
 
 

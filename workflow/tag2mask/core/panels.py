@@ -63,25 +63,27 @@ def outline(mask):
     return m & ~inner
 
 
-def draw_masks(image, masks, colors, alpha=0.45):
-    """Masks tinted and outlined in their colours over a uint8 RGB image."""
+def draw_masks(image, masks, colors, alpha=0.45, outlines=None):
+    """Masks tinted in their colours over a uint8 RGB image, outlined in `outlines` (one
+    colour per mask; default: the tint colours)."""
     out = image.copy()
-    for m, c in zip(masks, colors):
+    for m, c, o in zip(masks, colors, colors if outlines is None else outlines):
         out = blend(out, np.broadcast_to(np.asarray(c, np.uint8), out.shape), alpha, where=m)
-        out[outline(m)] = c
+        out[outline(m)] = o
     return out
 
 
-def draw_points(image, points, colors, radius=None):
-    """Crosses (black-edged, in their colours) at (row, col) points; returns uint8 RGB."""
-    img = Image.fromarray(image)
+def draw_points(image, points, colors, radius=None, width=1):
+    """Crosses (black-edged, in their colours, lines `width` wide) at (row, col) points;
+    returns uint8 RGB."""
+    img = Image.fromarray(np.asarray(image, np.uint8))
     draw = ImageDraw.Draw(img)
     r = radius or max(2, round(max(image.shape[:2]) / 40))
     for (y, x), c in zip(points, colors):
         c = tuple(int(v) for v in c)
-        for width, col in ((3, (0, 0, 0)), (1, c)):
-            draw.line([(x - r, y), (x + r, y)], fill=col, width=width)
-            draw.line([(x, y - r), (x, y + r)], fill=col, width=width)
+        for w, col in ((2 * width + 1, (0, 0, 0)), (width, c)):
+            draw.line([(x - r, y), (x + r, y)], fill=col, width=w)
+            draw.line([(x, y - r), (x, y + r)], fill=col, width=w)
     return np.asarray(img)
 
 
