@@ -78,3 +78,49 @@ rule predict:
 
 # what `rule all` asks of this stage
 MASKRCNN_TARGET = f"{RUN}/maskrcnn/predictions_{EVAL_SPLIT}.json"
+
+
+# Masks for new images (config key predict_images, e.g. --config predict_images=DIR): the
+# run's trained Mask R-CNN on every image in DIR, written to {RUN}/predict/<DIR's name>/ as
+# predictions.json (COCO results, `predictions.json.images.json` maps the image ids to file
+# names) and overlays/ (one PNG per image). Unreadable images are logged and skipped.
+import re
+
+PREDICT_FOLDERS = {}  # folder name -> the folder
+if config["predict_images"]:
+    _folder = os.path.normpath(os.path.expanduser(str(config["predict_images"])))
+    PREDICT_FOLDERS[os.path.basename(os.path.abspath(_folder))] = _folder
+
+
+rule predict_images:
+    input:
+        model=f"{RUN}/maskrcnn/model.pt",
+        images=lambda w: PREDICT_FOLDERS[w.folder],
+    output:
+        predictions=f"{RUN}/predict/{{folder}}/predictions.json",
+        images=f"{RUN}/predict/{{folder}}/predictions.json.images.json",
+        overlays=directory(f"{RUN}/predict/{{folder}}/overlays"),
+    wildcard_constraints:
+        folder="|".join(map(re.escape, PREDICT_FOLDERS)) or "(?!)",
+    params:
+        options=options("maskrcnn"),
+        code=code("maskrcnn.cli:run_predict"),
+    log:
+        f"{RUN}/logs/predict_images/{{folder}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/predict_images/{{folder}}.tsv"
+    conda:
+        "../envs/tag2mask.yaml"
+    threads: 1  # as predict
+    resources:
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+        gpu=int(MASKRCNN["device"] == "cuda"),
+    shell:
+        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli maskrcnn predict --checkpoint {input.model:q} "
+        "--images {input.images:q} --out {output.predictions:q} --overlays {output.overlays:q} "
+        "--config {params.options:q} --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+# what `rule all` asks of it: nothing unless predict_images is set
+PREDICT_TARGET = [f"{RUN}/predict/{name}/predictions.json" for name in PREDICT_FOLDERS]

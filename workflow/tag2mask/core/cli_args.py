@@ -55,20 +55,25 @@ def set_threads(threads):
 
 def add_gather(actions, kind):
     """Join the shard stores of a sharded stage into one store. Every shard must be a store of
-    this stage's kind with the same class names and config digest, and no image may appear in
-    two shards (core.store.gather)."""
-    p = add_action(actions, "gather", f"join the {kind} shard stores into one store",
-                   add_gather.__doc__, lambda args: _gather(args, kind))
+    this stage's kind (`kind`: one kind, or a tuple for a stage with several sharded stores)
+    with the same class names and config digest, and no image may appear in two shards
+    (core.store.gather)."""
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    p = add_action(actions, "gather", f"join the {' or '.join(kinds)} shard stores into one "
+                   "store", add_gather.__doc__, lambda args: _gather(args, kinds))
     p.add_argument("--out", required=True, type=Path, help="the joined store")
     p.add_argument("shards", nargs="+", type=Path, help="shard stores, in order")
 
 
-def _gather(args, kind):
+def _gather(args, kinds):
     from .store import StoreReader, gather
 
     for path in args.shards:
-        with StoreReader(path, kind):  # checks format, version and kind
-            pass
+        # checks format and version (writer_kind: the rule a damaged shard's error names)
+        with StoreReader(path, writer_kind=kinds[0] if len(kinds) == 1 else None) as store:
+            if store.kind not in kinds:
+                raise InputError(path, f"expected a {' or '.join(map(repr, kinds))} store, "
+                                       f"found {store.kind!r}")
     if len(set(map(str, args.shards))) != len(args.shards):
         raise InputError("shards", "a shard store is given twice")
     gather(args.shards, args.out)

@@ -26,3 +26,9 @@ def _split_message(message):
         last = rest
     where, sep, problem = last.partition(": ")
     return (where, problem) if sep else ("input", last)
+
+
+def rerun(rule, command):
+    """What to do about a damaged file the pipeline wrote: rerun the stage that wrote it."""
+    return (f"rerun the stage that wrote it (snakemake --forcerun {rule}; by hand: "
+            f"tag2mask {command})")

@@ -8,6 +8,15 @@ One layout for every store (docs/formats.md has the per-kind arrays):
         <array>       numeric arrays (large ones gzip-compressed) or string arrays; masks are
                       COCO RLE counts strings (`tag2mask.core.masks`), never one byte per pixel
 
+Every non-empty array carries a Fletcher-32 checksum (HDF5's fletcher32 filter, one per
+chunk), the file's metadata (superblock, object headers, B-trees) has HDF5's own checksums
+(the 1.10 format), and the text of string attributes, which HDF5 keeps in its global heap
+without a checksum, is covered by a CRC-32 attribute of its own (`str_attrs_crc32`, hidden
+from readers). So a byte changed after writing is found when it is read: the
+reader turns any read error into an InputError naming the file, the dataset, the problem and
+the stage to rerun (`StoreReader.checked`). Stores written before the checksums were added read as
+before, unchecked (same layout, same format_version).
+
 <key> is the image id with '/' and '%' percent-encoded. Writers write to a temporary name and
 rename on close, so a killed writer never leaves a file that passes for complete. Each image's
 group is built in memory and copied in whole, so a failed `add` leaves no trace and no HDF5
@@ -16,13 +25,15 @@ object keeps unused header room (a store of pseudo masks is smaller than their C
 
 import json
 import urllib.parse
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import InputError
+from .errors import InputError, rerun
 
 FORMAT = "tag2mask-store"
 FORMAT_VERSION = 1
@@ -30,6 +41,18 @@ COUNT_PREFIX = "count_"  # root attrs that gather sums over the shards
 _COMPRESS_BYTES = 4096
 _STR = h5py.string_dtype("ascii")
 _MAX_COMPACT_ATTRS = 64  # per-image attrs kept in the group's object header (see _new_image_group)
+STR_CRC = "str_attrs_crc32"  # CRC-32 of an object's string attrs (see the module docstring)
+# Errors h5py raises for a damaged file (a failed checksum, a bad signature, a short read)
+# (KeyError: h5py's "Unable to open object (incorrect metadata checksum ...)"; a name that is
+# not there is checked before reading, outside `checked`)
+_READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError, KeyError)
+# The stage that writes each kind (the remedy a damaged store's error names); pseudo-mask
+# stores have three writers, told apart by their root attrs (see `writer_of`)
+WRITERS = {
+    "peaks": ("extract_peaks", "peaks extract"),
+    "proposals": ("propose", "proposals make"),
+    "pseudo_masks": ("retrieve", "retrieval select"),
+}
 # File format bounds: v2 object headers and compact link storage cut an image group's
 # overhead from about 1 KB (the 1.8 defaults) to 300 B; readable by any HDF5 >= 1.10.
 _LIBVER = ("v110", "v110")
@@ -62,8 +85,7 @@ class StoreWriter:
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         self.file = h5py.File(tmp, "w", libver=_LIBVER)
-        for k, v in self.root_attrs.items():
-            self.file.attrs[k] = v
+        _write_attrs(self.file, self.root_attrs)
         self.images = self.file.create_group("images")
         # Each image's group is built in this in-memory file, then copied into the store
         # (H5Ocopy). HDF5 gives every new dataset a 256-byte object header, most of it room
@@ -76,6 +98,8 @@ class StoreWriter:
 
     def __exit__(self, exc_type, exc, tb):
         self._staging.close()
+        if exc_type is None:
+            _seal_attrs(self.file)  # root attrs callers set through `file` count too
         self.file.close()
         return self._atomic.__exit__(exc_type, exc, tb)
 
@@ -85,16 +109,38 @@ class StoreWriter:
             raise ValueError(f"{self.path}: image {image_id!r} written twice")
         g = _new_image_group(self._staging, key)
         try:
-            g.attrs["image_id"] = str(image_id)
-            g.attrs["height"] = int(height)
-            g.attrs["width"] = int(width)
-            for k, v in (attrs or {}).items():
-                g.attrs[k] = v
+            _write_attrs(g, {"image_id": str(image_id), "height": int(height),
+                             "width": int(width), **(attrs or {})})
             for name, value in arrays.items():
                 _write_array(g, name, value)
             self._staging.copy(g, self.images, name=key)
         finally:
             del self._staging[key]  # its space is reused by the next image
+
+
+def _write_attrs(obj, attrs):
+    for k, v in attrs.items():
+        obj.attrs[k] = v
+    _seal_attrs(obj)
+
+
+def _seal_attrs(obj):
+    """Set the CRC-32 attr of `obj`'s string attrs, as a reader reads them back."""
+    attrs = {k: obj.attrs[k] for k in obj.attrs.keys() if k != STR_CRC}
+    obj.attrs[STR_CRC] = np.uint32(_str_crc(attrs))
+
+
+def _str_crc(attrs):
+    """CRC-32 of the string-valued attrs (str, or a list / array of str) in canonical form."""
+    texts = []
+    for k in sorted(attrs):
+        v = attrs[k]
+        if isinstance(v, str):
+            texts.append([k, str(v)])
+        elif isinstance(v, (list, tuple, np.ndarray)) and len(v) and all(
+                isinstance(x, str) for x in v):
+            texts.append([k, [str(x) for x in v]])
+    return zlib.crc32(json.dumps(texts).encode("utf-8"))
 
 
 def _new_image_group(parent, name):
@@ -119,13 +165,17 @@ def _write_array(group, name, value):
         # NUL padding to nothing (variable-length strings cannot be compressed in HDF5).
         # Readers see ASCII strings either way.
         data = np.array([v.encode("ascii") if isinstance(v, str) else bytes(v) for v in value])
-        group.create_dataset(name, data=data, compression="gzip", compression_opts=6)
+        group.create_dataset(name, data=data, compression="gzip", compression_opts=6,
+                             fletcher32=True)
         return
     arr = np.asarray(value)
     if arr.nbytes >= _COMPRESS_BYTES:
         group.create_dataset(name, data=arr, compression="gzip", compression_opts=1,
-                             shuffle=True, chunks=True)
-    else:
+                             shuffle=True, chunks=True, fletcher32=True)
+    elif arr.size and arr.ndim:
+        # one chunk (HDF5 1.10 indexes a single chunk without a B-tree): 4 bytes of checksum
+        group.create_dataset(name, data=arr, chunks=arr.shape, fletcher32=True)
+    else:  # nothing to check: an empty array (chunks cannot be empty) or a scalar
         group.create_dataset(name, data=arr)
 
 
@@ -136,15 +186,25 @@ class StoreReader:
         for image_id in r.image_ids: entry = r.read(image_id)  # dict of arrays + attrs
     """
 
-    def __init__(self, path, kind=None):
+    def __init__(self, path, kind=None, writer_kind=None):
+        # writer_kind: the kind a reader that accepts any expects, for the remedy of a store
+        # whose root attrs cannot be read (see `remedy`)
         self.path = Path(path)
+        self.expected_kind = kind or writer_kind
+        self.attrs = {}
         try:
             self.file = h5py.File(self.path, "r")
         except FileNotFoundError:
             raise InputError(self.path, "store not found") from None
         except OSError as e:
-            raise InputError(self.path, f"not a readable HDF5 file ({e})") from None
-        a = {k: self.file.attrs[k] for k in self.file.attrs.keys()}
+            raise InputError(self.path, f"not a readable HDF5 file ({_one_line(e)}); "
+                                        f"{self.remedy()}") from None
+        try:
+            with self.checked("the root attributes"):
+                a = self._attrs(self.file, "the root attributes")
+        except InputError:
+            self.file.close()
+            raise
         problem = None
         if a.get("format") != FORMAT:
             problem = f"not a {FORMAT} file"
@@ -159,7 +219,36 @@ class StoreReader:
         self.kind = a["kind"]
         self.class_names = json.loads(a["class_names"])
         self.attrs = a
-        self._images = self.file["images"]
+        try:
+            with self.checked("group /images"):
+                self._images = self.file["images"]
+        except InputError:
+            self.file.close()
+            raise
+
+    def remedy(self):
+        """What to do about a damaged store: rerun the stage that wrote it."""
+        rule, command = writer_of(self.attrs.get("kind", self.expected_kind), self.attrs)
+        return "rerun the stage that wrote it" if rule is None else rerun(rule, command)
+
+    def _attrs(self, obj, what):
+        """The attrs of an HDF5 object, their string text checked against its CRC-32 (stores
+        written before the CRC have none: not checked)."""
+        a = {k: obj.attrs[k] for k in obj.attrs.keys()}
+        crc = a.pop(STR_CRC, None)
+        if crc is not None and int(crc) != _str_crc(a):
+            raise InputError(self.path, f"damaged store: {what} do not match their checksum; "
+                                        f"{self.remedy()}")
+        return a
+
+    @contextmanager
+    def checked(self, what):
+        """Any read error inside becomes an InputError naming the file and `what` was read."""
+        try:
+            yield
+        except _READ_ERRORS as e:
+            raise InputError(self.path, f"damaged store: {what} cannot be read "
+                                        f"({_one_line(e)}); {self.remedy()}") from None
 
     def __enter__(self):
         return self
@@ -174,25 +263,54 @@ class StoreReader:
     # (opening a store costs the same for 10 or 100,000 images).
     @property
     def image_ids(self):
-        return [urllib.parse.unquote(k) for k in self._images]
+        with self.checked("the image list (group /images)"):
+            return [urllib.parse.unquote(k) for k in self._images]
 
     def __contains__(self, image_id):
-        return image_key(image_id) in self._images
+        with self.checked("the image list (group /images)"):
+            return image_key(image_id) in self._images
 
     def __len__(self):
-        return len(self._images)
+        with self.checked("the image list (group /images)"):
+            return len(self._images)
 
     def read(self, image_id, names=None):
-        """Arrays (all, or just `names`) and attrs of one image as a dict."""
-        g = self._images[image_key(image_id)]
-        out = dict(g.attrs)
-        for name in names if names is not None else g.keys():
-            ds = g[name]
-            if h5py.check_string_dtype(ds.dtype) is not None:
-                out[name] = [s.decode("ascii") for s in ds[()]]
-            else:
-                out[name] = ds[()]
+        """Arrays (all, or just `names`) and attrs of one image as a dict. An image not in
+        the store is a KeyError; a read error (a failed checksum) an InputError."""
+        key = image_key(image_id)
+        where = f"/images/{key}"
+        if image_id not in self:
+            raise KeyError(image_id)
+        with self.checked(f"group {where}"):
+            g = self._images[key]
+            out = self._attrs(g, f"the attributes of group {where}")
+            present = list(g.keys())
+        for name in present if names is None else names:
+            if name not in present:
+                raise KeyError(f"{image_id}: no array {name!r}")
+            with self.checked(f"dataset {where}/{name}"):
+                ds = g[name]
+                if h5py.check_string_dtype(ds.dtype) is not None:
+                    out[name] = [s.decode("ascii") for s in ds[()]]
+                else:
+                    out[name] = ds[()]
         return out
+
+
+def writer_of(kind, attrs):
+    """(rule, `tag2mask` command) that writes a store of `kind` with root `attrs`; (None,
+    None) for a kind this module does not know."""
+    if kind == "pseudo_masks" and attrs.get("source") == "ground_truth":
+        return "gt_training_masks", "upper_bound gt-masks"
+    if kind == "pseudo_masks" and "merge_stats" in attrs:
+        return "self_training_masks", "self_training masks"
+    if kind == "proposals" and attrs.get("method") == "external":
+        return "propose", "proposals import"
+    return WRITERS.get(kind, (None, None))
+
+
+def _one_line(e):
+    return " ".join(str(e).split())
 
 
 def gather(shard_paths, out_path):
@@ -212,15 +330,18 @@ def gather(shard_paths, out_path):
                 counts[k] += int(r.attrs.get(k, 0))
     root_attrs.update(counts)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w", libver=_LIBVER) as out:
-        for k, v in root_attrs.items():
-            out.attrs[k] = v
+        _write_attrs(out, root_attrs)
         images = out.create_group("images")
         for p in shard_paths:
             with StoreReader(p) as r:
                 for k in ("kind", "class_names", "config_digest"):
                     if r.attrs.get(k) != root_attrs.get(k):
                         raise InputError(p, f"shard attribute {k!r} differs from {shard_paths[0]}")
-                for key in r.file["images"]:
+                for key in r.image_ids:
+                    key = image_key(key)
                     if key in images:
                         raise InputError(p, f"image {key!r} appears in more than one shard")
-                    r.file.copy(r.file["images"][key], images, name=key)
+                    # copied as stored (chunks and their checksums unchanged): a damaged
+                    # shard's data is found when the gathered store is read
+                    with r.checked(f"group /images/{key}"):
+                        r.file.copy(r.file["images"][key], images, name=key)

@@ -10,8 +10,9 @@ images, write them under it), `limits` holds max_image_pixels and large_images.
 
 `ImageChecker.check(path, image_id)` opens one image and decides how the manifest records it:
 - a file that does not exist is an InputError (the dataset description is wrong);
-- a file that does not decode, or a JPEG whose structure is damaged (`jpeg_structure`), is a
-  logged skip, counted in the stats;
+- a file that does not decode, a JPEG whose structure is damaged (`jpeg_structure`) or that
+  libjpeg decodes only with a corrupt-data warning, or a PNG with a chunk CRC error
+  (`strict_decode`), is a logged skip, counted in the stats;
 - an image that is not 8-bit RGB (grayscale, CMYK, alpha, palette, 16-bit) is kept as it is
   (stage readers convert with `images.load_rgb`) and counted as `converted_to_rgb`;
 - an image with more than `max_image_pixels` pixels is either skipped (logged, counted) or
@@ -38,6 +39,7 @@ from .images import ImageDecodeError
 from .jpeg_structure import jpeg_problem
 from .large_images import downscaled_rgb
 from .manifest import Manifest
+from .strict_decode import jpeg_decode_problem, png_crc_problem
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +159,13 @@ class ImageChecker:
                 self.stats.skip(path, f"{w}x{h} = {w * h} pixels is more than "
                                       f"max_image_pixels={self.max_pixels}")
                 return None
-            # PIL decodes damaged JPEG data into grey or noise without an error
-            problem = jpeg_problem(path) if img.format == "JPEG" else None
+            # PIL decodes damaged JPEG data into grey or noise without an error, and reads
+            # PNG image data without checking its CRCs (strict_decode)
+            problem = None
+            if img.format == "JPEG":
+                problem = jpeg_problem(path) or jpeg_decode_problem(path)
+            elif img.format == "PNG":
+                problem = png_crc_problem(path)
             if problem:
                 raise ImageDecodeError(path, f"cannot decode image ({problem})")
             if too_large:

@@ -87,7 +87,10 @@ def run_predict(args):
                                     args.overlays, progress=not args.no_progress,
                                     skip_bad=args.manifest is None)
     if args.manifest is None:
-        write_json(f"{args.out}.images.json", {"images": infos}, indent=None)
+        # a COCO instances file without annotations: COCO(it).loadRes(out) reads the results
+        categories = [{"id": i + 1, "name": n} for i, n in enumerate(payload["class_names"])]
+        write_json(f"{args.out}.images.json",
+                   {"images": infos, "categories": categories, "annotations": []}, indent=None)
     write_json(args.out, results, indent=None)
     log.info("%d images (%d unreadable, skipped), %d detections, %.1f images/s -> %s",
              stats["images"], stats["skipped"], stats["detections"], stats["images_per_s"] or 0,

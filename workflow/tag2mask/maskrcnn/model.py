@@ -35,9 +35,9 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..core import masks as rle
-from ..core.errors import InputError
+from ..core.errors import InputError, rerun
 from ..core.store import StoreReader
-from ..core.torchfiles import load_torch_file
+from ..core.torchfiles import load_torch_file, load_url_state_dict
 from ..dataset.images import load_rgb
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def _imagenet_state_dict(name, options):
         return state.get("state_dict", state) if isinstance(state, dict) else state
     weights = {"resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
                "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1}[name]
-    log.info("downloading ImageNet weights for %s (torchvision %s)", name, weights)
-    return weights.get_state_dict(progress=False)
+    log.info("ImageNet weights for %s (torchvision %s)", name, weights)
+    return load_url_state_dict(weights.url, f"ImageNet weights of {name}")
 
 
 def _resnet_fpn(name, options, load_weights):
@@ -370,7 +370,8 @@ def load_checkpoint(path, class_names=None, device="cpu"):
     """A trained model from a final checkpoint (model.pt): (model, payload).
 
     `class_names`, when given, must equal the checkpoint's class list (else InputError)."""
-    payload = load_torch_file(path, "Mask R-CNN checkpoint")
+    payload = load_torch_file(path, "Mask R-CNN checkpoint",
+                              remedy=rerun("train_maskrcnn", "maskrcnn train"))
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"not a {CHECKPOINT_FORMAT} checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

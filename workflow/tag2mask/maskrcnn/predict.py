@@ -23,6 +23,7 @@ from ..core.atomic import atomic_path
 from ..core.errors import InputError
 from ..dataset.images import ImageDecodeError, load_rgb
 from ..dataset.manifest import read_manifest
+from ..dataset.strict_decode import damage_problem
 from .model import collate, set_test_size
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ class ImageList(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
+            # a folder of new images is checked as prepare-dataset checks a dataset's: damaged
+            # JPEG data or PNG CRCs (which PIL decodes without a word) are skipped too
+            problem = damage_problem(self.paths[i]) if self.skip_bad else None
+            if problem:
+                raise ImageDecodeError(self.paths[i], f"cannot decode image ({problem})")
             image = load_rgb(self.paths[i])
         except ImageDecodeError as e:
             if not self.skip_bad:
@@ -120,6 +126,8 @@ def predict(model, items, options, device, class_names=(), overlays=None, progre
         num_workers=options["num_workers"], collate_fn=_collate,
         pin_memory=device.type == "cuda")
     results, infos, skipped = [], [], 0
+    if overlays is not None:
+        Path(overlays).mkdir(parents=True, exist_ok=True)  # there even when no image decodes
     start = time.perf_counter()
     model.eval()
     for positions, images in tqdm(loader, desc="predict", disable=not progress, mininterval=2.0):

@@ -29,6 +29,7 @@ from ..core.atomic import atomic_path, write_text
 from ..core.config import digest
 from ..core.devices import resolve_device
 from ..core.errors import InputError
+from ..core.torchfiles import load_torch_file
 from ..dataset.manifest import read_manifest
 from .model import (
     CHECKPOINT_FORMAT,
@@ -97,10 +98,11 @@ def _checkpoints(ckpt_dir):
 def _resume(ckpt_dir, identity, model, optimizer, scheduler, scaler):
     """Load the newest matching checkpoint; return (epoch, history). Stale ones are removed."""
     for path in reversed(_checkpoints(ckpt_dir)):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated file cannot exist (atomic), but be safe
-            log.warning("%s: unreadable checkpoint (%s), ignored", path, e)
+        try:  # zip CRCs checked first: a damaged file is skipped, never half-trusted
+            state = load_torch_file(path, "training checkpoint",
+                                    remedy="not resumed from (an older one, or a fresh start)")
+        except InputError as e:
+            log.warning("%s", e)
             continue
         if state.get("identity") != identity:
             log.warning("%s: written for another configuration or store; starting over", path)
