@@ -62,9 +62,16 @@ options = lambda section: json.dumps(config[section], sort_keys=True)
 code = lambda action: code_digest(action)
 
 
+# How the pseudo masks are made (config pseudo_masks.method): `retrieval` (retrieval.smk, from
+# peaks and proposals) or `irnet` (irnet.smk). Only that method's rule writes the shards
+# pseudo_masks/shards/<i>.h5, which the gather rule joins into PSEUDO_MASKS for every stage
+# downstream; the other method's stages are not part of the run.
+PSEUDO_MASKS_METHOD = config["pseudo_masks"]["method"]
+
 # The sharded stages write <folder>/shards/<i>.h5; one job joins them into <folder>/<folder>.h5
 # (`tag2mask <stage> gather`): folder -> stage
-GATHERED = {"peaks": "peaks", "proposals": "proposals", "pseudo_masks": "retrieval"}
+GATHERED = {"peaks": "peaks", "proposals": "proposals", "cams": "irnet",
+            "pseudo_masks": PSEUDO_MASKS_METHOD}
 
 
 rule gather:

@@ -232,6 +232,46 @@ def test_benchmarks_grouping(tmp_path):
     assert st["report"]["jobs"] == 1
 
 
+def test_benchmarks_count_only_this_runs_jobs(tmp_path):
+    """Every benchmark name the rules write (rules/*.smk), left by an earlier run with more
+    shards, more self-training rounds, the upper bound or a val split, is not counted; the
+    current run's files are."""
+    names = {
+        # sharded stages: <stage>/<shard>
+        "extract_peaks/0": 1, "extract_peaks/1": 1, "extract_peaks/2": 0, "extract_peaks/10": 0,
+        "propose/0": 1, "propose/1": 1, "propose/3": 0,
+        "retrieve/0": 1, "retrieve/1": 1, "retrieve/2": 0,
+        "gather_peaks": 1, "prepare_dataset": 1, "train_classifier": 1, "report": 1,
+        # per model and split
+        "train_maskrcnn/maskrcnn": 1, "predict/maskrcnn_train": 1,
+        "evaluate_predictions/maskrcnn_train": 1,
+        "predict/maskrcnn_val": 0, "evaluate_predictions/maskrcnn_val": 0,
+        # self-training: this run has one round
+        "self_training_masks_1": 1, "train_maskrcnn/self_training/round_1": 1,
+        "predict/self_training/round_1_train": 1,
+        "self_training_masks_2": 0, "train_maskrcnn/self_training/round_2": 0,
+        "predict/self_training/round_2_train": 0,
+        "evaluate_predictions/self_training/round_12_train": 0,
+        # the upper bound: off in this run
+        "gt_training_masks": 0, "train_maskrcnn/upper_bound": 0, "predict/upper_bound_train": 0,
+        "evaluate_predictions/upper_bound_train": 0,
+    }
+    for name in names:
+        path = tmp_path / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("s\th:m:s\n1.0\t0\n")
+    everything = read_benchmarks(tmp_path)
+    assert sum(v["jobs"] for v in everything.values()) == len(names)
+    st = read_benchmarks(tmp_path, shards=2, rounds=1, upper_bound=False, val_split=False)
+    assert sum(v["jobs"] for v in st.values()) == sum(names.values())
+    assert st["extract_peaks"]["jobs"] == st["propose"]["jobs"] == st["retrieve"]["jobs"] == 2
+    assert "gt_training_masks" not in st and "train_maskrcnn/upper_bound" not in st
+    assert st["self_training_masks"]["jobs"] == 1
+    # with the facts of a run that has them, the same files count
+    st = read_benchmarks(tmp_path, shards=11, rounds=12, upper_bound=True, val_split=True)
+    assert sum(v["jobs"] for v in st.values()) == len(names)
+
+
 def build_args(*args):
     """`tag2mask report build` arguments as parsed by the command line."""
     from tag2mask.cli import build_parser

@@ -89,6 +89,34 @@ def test_weak_stages_take_no_ground_truth_input(tmp_path):
     assert "gt_training_masks" not in jobs
 
 
+# IRNet's chain in place of peaks -> proposals -> retrieval
+IRNET_TARGETS = ["cams/cams.h5", "irnet/relation_seeds.h5", "irnet/irnet.pt",
+                 "pseudo_masks/pseudo_masks.h5", "maskrcnn/model.pt",
+                 "maskrcnn/predictions_val.json"]
+
+
+def test_irnet_stages_take_no_ground_truth_input(tmp_path):
+    config = {**TINY, "pseudo_masks": {"method": "irnet"}}
+    jobs = dry_run(tmp_path, *[f"results/tiny/{t}" for t in IRNET_TARGETS], config=config)
+    rules = {rule for rule, _, _ in jobs}
+    assert {"compute_cams", "label_relations", "train_irnet", "extract_instances",
+            "train_maskrcnn"} <= rules
+    assert not rules & {"retrieve", "propose", "gt_training_masks"}, rules
+    for rule, inputs, _ in jobs:
+        assert not any("/gt/" in i for i in inputs), f"{rule} reads ground truth: {inputs}"
+    # the pseudo masks every later stage reads come from IRNet's instances
+    made = [(rule, inputs) for rule, inputs, outputs in jobs
+            if outputs == ["results/tiny/pseudo_masks/pseudo_masks.h5"]]
+    assert len(made) == 1 and made[0][0] == "gather"
+    assert made[0][1] == ["results/tiny/pseudo_masks/shards/0.h5",
+                          "results/tiny/pseudo_masks/shards/1.h5"]
+    producers = {rule for rule, _, outputs in jobs
+                 if any("/pseudo_masks/shards/" in o for o in outputs)}
+    assert producers == {"extract_instances"}
+    # and the whole default target asks for no proposals
+    assert "propose" not in set(planned_jobs(tmp_path, "--forceall", config=config))
+
+
 def test_ground_truth_masks_train_only_the_upper_bound(tmp_path):
     """One train_maskrcnn rule serves every model; the GT-made store feeds only the job that
     writes the upper bound's model, and that job reads no pseudo masks."""
@@ -169,6 +197,10 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     assert {"retrieve", "gather", "train_maskrcnn[maskrcnn]"} <= jobs
     assert not jobs & BEFORE_RETRIEVAL, jobs
 
+    # Masks for new images: --config predict_images=DIR runs the run's Mask R-CNN on the
+    # folder, and nothing else (a damaged image in it is skipped)
+    check_predict_images(tmp_path, run, one)
+
     # 4 shards give the same stores and metrics as 1. Every dataset of the peaks, proposals
     # and pseudo-mask stores is bit-identical (exact equality, floats included: the per-image
     # stages never batch images together, so shard boundaries cannot change the order of any
@@ -195,6 +227,55 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     for name in compared[3:]:
         assert without_timings(json.loads((run / name).read_text())) == \
             without_timings(json.loads((before / name).read_text())), name
+
+
+def check_predict_images(workdir, run, config):
+    """The predict_images target on a finished run, and an empty result list through
+    evaluation (the tiny model can find nothing at all: a valid outcome everywhere)."""
+    from pycocotools.coco import COCO
+    folder = workdir / "new_images"
+    folder.mkdir()
+    val_images = sorted((run / "dataset/images/val").glob("*.png"))
+    for image in val_images[:2]:
+        shutil.copy(image, folder / image.name)
+    data = bytearray(val_images[2].read_bytes())
+    idat = data.find(b"IDAT")
+    data[idat + 20] ^= 0xFF  # one bit flipped in the image data: its CRC no longer matches
+    (folder / "damaged.png").write_bytes(bytes(data))
+    (folder / "notes.txt").write_text("not an image")
+    config = {**config, "predict_images": str(folder)}
+    assert set(planned_jobs(workdir, config=config)) - {"all"} == {"predict_images"}
+    snakemake(workdir, config=config)
+    out = run / "predict/new_images"
+    results = json.loads((out / "predictions.json").read_text())
+    sidecar = out / "predictions.json.images.json"
+    listed = json.loads(sidecar.read_text())["images"]
+    named = [i["file_name"] for i in listed]
+    assert named == [p.name for p in val_images[:2]]
+    # ids are positions in the sorted folder: damaged.png, skipped, had 1
+    assert [i["id"] for i in listed] == [2, 3]
+    assert sorted(p.name for p in (out / "overlays").glob("*.png")) == [f"{n}.png" for n in named]
+    assert "damaged.png: cannot decode image (corrupt PNG (CRC error in chunk IDAT" in \
+        (run / "logs/predict_images/new_images.log").read_text()
+    assert isinstance(results, list) and {r["image_id"] for r in results} <= {2, 3}
+    if results:  # pycocotools' loadRes cannot read an empty list (it looks at the first)
+        COCO(str(sidecar)).loadRes(str(out / "predictions.json"))
+    assert "Nothing to be done" in snakemake(workdir, "-n", config=config).stdout
+
+    # no detection at all (no score reaches 1): [] is written, and evaluation scores it
+    empty = workdir / "empty.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    cli = [sys.executable, "-m", "tag2mask.cli"]
+    subprocess.run([*cli, "maskrcnn", "predict", "--checkpoint", run / "maskrcnn/model.pt",
+                    "--manifest", run / "dataset/manifest.json", "--split", "val", "--out",
+                    empty, "--config", '{"score_threshold": 1.0}', "--no-progress"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    assert json.loads(empty.read_text()) == []
+    subprocess.run([*cli, "evaluation", "score", "--gt", run / "dataset/gt/val.json",
+                    "--predictions", empty, "--config", "{}", "--out", workdir / "e.json"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    figures = json.loads((workdir / "e.json").read_text())
+    assert figures["predictions"] == 0 and figures["mAP@0.5"] == 0.0 and figures["ABO"] == 0.0
 
 
 BEFORE_RETRIEVAL = {"prepare_dataset", "train_classifier", "extract_peaks", "propose",

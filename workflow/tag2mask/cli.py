@@ -21,6 +21,8 @@ STAGES = {
     "peaks": "class peaks and peak response maps (extract, gather, evaluate)",
     "proposals": "mask proposals (make, import, gather, evaluate)",
     "retrieval": "one proposal per peak -> pseudo masks (select, gather)",
+    "irnet": "IRNet: CAMs, relations, boundary + displacement -> pseudo masks "
+             "(cams, relations, train, instances, gather)",
     "maskrcnn": "Mask R-CNN on pseudo masks (train, predict)",
     "evaluation": "mAP, COCO AP and ABO against ground truth (score, export-coco)",
     "upper_bound": "evaluation side: ground-truth masks as a training store (gt-masks)",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.atomic import atomic_path
-from ..core.errors import InputError
+from ..core.errors import InputError, rerun
 from ..core.torchfiles import load_torch_file
 from .backbones import build_backbone
 from .peak_stimulation import peak_stimulation
@@ -80,7 +80,8 @@ def save_classifier(path, model, options, epoch, extra_meta=None):
 
 def read_checkpoint(path):
     """A checkpoint dict, checked for format; InputError naming the file otherwise."""
-    ckpt = load_torch_file(path, "classifier checkpoint")
+    ckpt = load_torch_file(path, "classifier checkpoint",
+                           remedy=rerun("train_classifier", "classifier train"))
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("version") != VERSION:
         raise InputError(path, f"not a {FORMAT} version {VERSION} checkpoint")
     return ckpt

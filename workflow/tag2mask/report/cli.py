@@ -128,7 +128,11 @@ def inputs_from_args(args):
     named = parse_inputs(args.input)
     why = missing_reasons(args.ground_truth, args.upper_bound, args.val_split, args.rounds)
     inputs = ReportInputs(manifest=named.pop("manifest"), run_name=args.run_name,
-                          eval_split=args.eval_split, shards=args.shards)
+                          eval_split=args.eval_split, shards=args.shards, rounds=args.rounds,
+                          upper_bound=(None if args.upper_bound is None
+                                       else bool(args.upper_bound and args.ground_truth
+                                                 is not False)),
+                          val_split=args.val_split)
     if args.benchmarks is not None:
         inputs.benchmarks = Part(args.benchmarks)
     for name in INPUTS:

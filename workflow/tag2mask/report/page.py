@@ -23,7 +23,14 @@ import jinja2
 from ..dataset.manifest import read_manifest
 from .charts import bar_chart, line_chart
 from .pictures import picture_groups
-from .readers import Part, read_benchmarks, read_evaluation, read_jsonl, read_merge_stats
+from .readers import (
+    Part,
+    pseudo_mask_method,
+    read_benchmarks,
+    read_evaluation,
+    read_jsonl,
+    read_merge_stats,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
 THRESHOLDS = ("0.25", "0.5", "0.75")
@@ -99,9 +106,14 @@ class Row:
         return f"{self.label} ({self.split})"
 
 
+def pseudo_masks_label(inputs):
+    """The pseudo masks' row label, naming the method that made them (retrieval or IRNet)."""
+    return f"Pseudo masks ({pseudo_mask_method(inputs.pseudo_masks)})"
+
+
 def metrics_rows(inputs):
     """The metrics table's rows, in table order."""
-    rows = [("Pseudo masks (retrieval)", "train", inputs.pseudo_eval),
+    rows = [(pseudo_masks_label(inputs), "train", inputs.pseudo_eval),
             ("Mask R-CNN on pseudo masks", "train", inputs.maskrcnn_train_eval),
             ("Mask R-CNN on pseudo masks", "val", inputs.maskrcnn_eval)]
     for r in sorted(inputs.round_evals):
@@ -130,12 +142,14 @@ def rounds_table(inputs):
             for r, part in sorted(inputs.round_stores.items())]
 
 
-def timings(part, shards=None):
-    """Stage wall times: a dict of the rows, totals and bar chart, or the reason (a str) why
-    there are none."""
+def timings(inputs):
+    """Stage wall times of this run's jobs: a dict of the rows, totals and bar chart, or the
+    reason (a str) why there are none."""
+    part = inputs.benchmarks
     if not part.available:
         return part.why()
-    stages = read_benchmarks(part.path, shards)
+    stages = read_benchmarks(part.path, inputs.shards, inputs.rounds, inputs.upper_bound,
+                             inputs.val_split)
     if not stages:
         return f"no benchmark files in {part.path}"
     order = sorted(stages.items(), key=lambda kv: -kv[1]["seconds"])
@@ -202,7 +216,7 @@ def build_report(inputs, options):
         manifest=manifest,
         splits=", ".join(f"{k} {v}" for k, v in sorted(splits.items())),
         generated=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        verdict=verdict(evs[("Pseudo masks (retrieval)", "train")], evs[(weak, "train")],
+        verdict=verdict(evs[(pseudo_masks_label(inputs), "train")], evs[(weak, "train")],
                         evs[(weak, "val")]),
         gap=upper_bound_gap(evs[(weak, inputs.eval_split)],
                             evs[("Upper bound: Mask R-CNN on GT masks", inputs.eval_split)]),
@@ -213,7 +227,7 @@ def build_report(inputs, options):
         per_class_columns=columns,
         per_class_rows=classes,
         references=REFERENCE_POINTS,
-        timings=timings(inputs.benchmarks, inputs.shards),
+        timings=timings(inputs),
         charts=chart_list,
         missing_logs=missing_logs,
         picture_groups=picture_groups(inputs, manifest, options),

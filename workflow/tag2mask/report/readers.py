@@ -51,6 +51,9 @@ class ReportInputs:
     round_logs: dict = field(default_factory=dict)           # round -> Part
     benchmarks: Part = field(default_factory=Part)           # folder of Snakemake .tsv files
     shards: int | None = None  # this run's shard count: older runs' extra shard files are stale
+    rounds: int | None = None  # this run's self-training rounds (likewise for later rounds)
+    upper_bound: bool | None = None  # whether this run trains the upper bound
+    val_split: bool | None = None  # whether this run has a val split
     peaks: Part = field(default_factory=Part)
     pseudo_masks: Part = field(default_factory=Part)
     predictions_val: Part = field(default_factory=Part)      # COCO results of Mask R-CNN on val
@@ -85,27 +88,28 @@ def read_jsonl(part):
     return out
 
 
-def read_benchmarks(folder, shards=None):
+def read_benchmarks(folder, shards=None, rounds=None, upper_bound=None, val_split=None):
     """Stage -> {jobs, seconds (sum of the `s` column), max} from Snakemake benchmark files.
 
     Files of one sharded stage (e.g. peaks_0.tsv, peaks_1.tsv or peaks/3.tsv) are summed
-    into one stage (trailing shard numbers are dropped from the name). With `shards`, the
-    files of a sharded stage's folder (<stage>/<shard>.tsv) count only for shards below it:
-    the others were left by an earlier run with more shards."""
+    into one stage (trailing shard numbers are dropped from the name). Only the current
+    run's files count: the folder keeps files of jobs an earlier run with other settings
+    made, which this run does not (`stale_benchmark` says which, from the run facts given:
+    the shard count, the self-training rounds, the upper bound, the val split)."""
     stages = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "max": 0.0})
     folder = Path(folder)
     for path in sorted(folder.rglob("*.tsv")):
-        if (shards is not None and path.parent != folder and path.stem.isdigit()
-                and int(path.stem) >= shards):
-            log.info("%s: shard %s of an earlier run with more shards, ignored", path, path.stem)
+        rel = path.relative_to(folder).with_suffix("").as_posix()
+        why = stale_benchmark(rel, shards, rounds, upper_bound, val_split)
+        if why:
+            log.info("%s: left by an earlier run (%s), ignored", path, why)
             continue
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         if not rows or "s" not in rows[0]:
             log.warning("%s: no `s` column, ignored", path)
             continue
-        name = path.relative_to(folder).with_suffix("").as_posix()
-        stage = re.sub(r"[/_.-]?(shard[_-]?)?\d+$", "", name) or name
+        stage = re.sub(r"[/_.-]?(shard[_-]?)?\d+$", "", rel) or rel
         for row in rows:
             try:
                 s = float(row["s"])
@@ -116,6 +120,28 @@ def read_benchmarks(folder, shards=None):
             st["seconds"] += s
             st["max"] = max(st["max"], s)
     return dict(stages)
+
+
+def stale_benchmark(name, shards=None, rounds=None, upper_bound=None, val_split=None):
+    """Why the benchmark file `name` (relative to the benchmarks folder, no suffix) is not a
+    job of this run, or None. The names are the rules' `benchmark:` paths (rules/*.smk):
+    <stage>/<shard> for the sharded stages (extract_peaks, propose, retrieve, and any other
+    stage that names its files by shard), self_training_masks_<r>, and per model
+    train_maskrcnn/<model>, predict/<model>_<split>, evaluate_predictions/<model>_<split>
+    with <model> maskrcnn, upper_bound or self_training/round_<r>."""
+    parts = name.split("/")
+    if shards is not None and len(parts) == 2 and parts[1].isdigit() and int(parts[1]) >= shards:
+        return f"shard {parts[1]}, this run has {shards}"
+    m = re.search(r"(?:^self_training_masks_|(?:^|/)self_training/round_)(\d+)(?:_|$)", name)
+    if rounds is not None and m and int(m.group(1)) > rounds:
+        return f"self-training round {m.group(1)}, this run has {rounds}"
+    if upper_bound is False and (name == "gt_training_masks" or re.search(
+            r"(?:^|/)upper_bound(?:_|$)", name)):
+        return "upper bound, which this run does not train"
+    if val_split is False and len(parts) >= 2 and parts[0] in ("predict", "evaluate_predictions") \
+            and name.endswith("_val"):
+        return "val split, which this run does not have"
+    return None
 
 
 def read_gt_index(part):
@@ -149,6 +175,23 @@ def read_predictions(part, min_score):
         if p["score"] >= min_score:
             out[int(p["image_id"])].append(p)
     return out
+
+
+# the pseudo-mask store's root attr `method` -> how the report names the method
+PSEUDO_MASK_METHODS = {"irnet": "IRNet", "wise": "retrieval, WISE rule",
+                       "prm": "retrieval, PRM score"}
+
+
+def pseudo_mask_method(part):
+    """How the run made its pseudo masks, from the store's root attr `method` (IRNet or
+    retrieval, with its rule); "pseudo masks" when the store is not available."""
+    if not part.available:
+        return "method unknown"
+    from ..core.store import StoreReader
+
+    with StoreReader(part.path, "pseudo_masks") as s:
+        method = str(s.attrs.get("method", ""))
+    return PSEUDO_MASK_METHODS.get(method, method or "method unknown")
 
 
 def read_merge_stats(part):

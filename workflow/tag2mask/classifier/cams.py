@@ -1,0 +1,95 @@
+"""Class activation maps of the peak classifier at several scales and flips, on one grid.
+
+IRNet (Ahn et al. 2019) takes its seeds from class activation maps averaged over input scales
+and horizontal flips. `multiscale_class_maps` runs the classifier on the image resized to
+round(input_size * s) for every scale s, on the image and its mirror, and samples every pass's
+raw class maps at the cells of one grid over the input_size x input_size input.
+
+Geometry (as tag2mask.peaks.grid): a class-map cell k of a stride-s classifier lies at input
+pixel s * k, not at the centre of an s-pixel block. Grid cell i of the output lies at input
+pixel grid_stride * i of the input_size square, so a grid of stride 4 lines up with the
+stride-4 features IRNet works on. Pixel p of the input_size square lies at pixel
+(p + 0.5) * S / input_size - 0.5 of a scaled input of S pixels; on the mirrored input, at
+S - 1 minus that.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def grid_size(input_size, grid_stride):
+    """Cells per side of a stride-`grid_stride` grid over an input of input_size pixels."""
+    return math.ceil(input_size / grid_stride)
+
+
+def _axis(n_grid, grid_stride, base, scaled, stride, n_cells, mirrored):
+    """Normalised sampling coordinates (grid_sample, align_corners=True) of the grid cells on
+    one axis of a scaled pass's class maps."""
+    pixel = torch.arange(n_grid, dtype=torch.float64) * grid_stride      # base input pixels
+    pixel = (pixel + 0.5) * scaled / base - 0.5                          # scaled input pixels
+    if mirrored:
+        pixel = scaled - 1 - pixel
+    cell = pixel / stride
+    if n_cells == 1:
+        return torch.zeros_like(cell)
+    return cell * 2 / (n_cells - 1) - 1
+
+
+def sample_on_grid(maps, stride, base, scaled, n_grid, grid_stride, mirrored=False):
+    """Bilinear values of class maps [B, C, h, w] of a stride-`stride` classifier run on a
+    scaled x scaled input at the cells of the n_grid x n_grid grid over the base input
+    (border values beyond the first and last cells); `mirrored`: the maps are of the mirrored
+    input."""
+    xs = _axis(n_grid, grid_stride, base, scaled, stride, maps.shape[-1], mirrored)
+    ys = _axis(n_grid, grid_stride, base, scaled, stride, maps.shape[-2], False)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], -1).to(maps.dtype).to(maps.device)
+    grid = grid[None].expand(maps.shape[0], -1, -1, -1)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def resized_input(rgb, size, device):
+    """uint8 RGB [H, W, 3] -> float [1, 3, size, size] in [0, 1] (the training resize)."""
+    img = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)[None]
+    return x.to(device)
+
+
+@torch.no_grad()
+def multiscale_class_maps(model, rgb, input_size, scales=(1.0,), flip=True, device="cpu",
+                          grid_stride=None, positive=True, classes=None):
+    """The classifier's class maps of one image, averaged over scales and flips: float32
+    [C, G, G] on the CPU (C: all classes, or the indices in `classes`), G = ceil(input_size /
+    grid_stride); grid_stride defaults to the classifier's stride.
+
+    model: a PeakClassifier in eval mode (raw class maps [B, C, h, w]); rgb: uint8 [H, W, 3],
+    resized to round(input_size * s) square per scale (the classifier's training resize);
+    flip: also run the mirrored image (both passes in one batch); positive: clamp every pass's
+    maps at 0 before averaging (IRNet's CAMs; False averages the raw maps).
+    """
+    stride = model.stride
+    grid_stride = grid_stride or stride
+    n_grid = grid_size(input_size, grid_stride)
+    total = None
+    passes = 0
+    for s in scales:
+        size = max(stride, round(input_size * s))
+        x = resized_input(rgb, size, device)
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        maps = model(x).float()
+        if classes is not None:
+            maps = maps[:, list(classes)]
+        if positive:
+            maps = maps.clamp(min=0)
+        out = sample_on_grid(maps[:1], stride, input_size, size, n_grid, grid_stride)
+        if flip:
+            out = out + sample_on_grid(maps[1:], stride, input_size, size, n_grid, grid_stride,
+                                       mirrored=True)
+        total = out[0] if total is None else total + out[0]
+        passes += len(maps)
+    return (total / passes).cpu()

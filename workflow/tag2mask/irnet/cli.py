@@ -1,0 +1,134 @@
+"""`tag2mask irnet ...`: IRNet's pseudo masks (Ahn et al. 2019), the second way to make them
+(config pseudo_masks.method: irnet), on the same classifier and into the same store layout.
+
+    tag2mask irnet cams --manifest M --checkpoint classifier.pt --config C --shard i \\
+        --num-shards N --out cams/shards/i.h5
+    tag2mask irnet gather --out cams/cams.h5 cams/shards/*.h5          (also pseudo_masks)
+    tag2mask irnet relations --cams cams.h5 --manifest M --config C \\
+        --out irnet/relation_seeds.h5
+    tag2mask irnet train --manifest M --checkpoint classifier.pt --seeds relation_seeds.h5 \\
+        --config C --out-dir irnet/
+    tag2mask irnet instances --manifest M --model irnet/irnet.pt --cams cams.h5 --config C \\
+        --shard i --num-shards N --out pseudo_masks/shards/i.h5
+
+cams: multi-scale + flip class activation maps of the train images' tagged classes
+(tag2mask.irnet.class_maps); relations: confident foreground / background seeds, the source
+of the inter-pixel relation labels (tag2mask.irnet.seeds); train: the boundary and
+displacement branches from those relations, checkpoint every epoch, resumes
+(tag2mask.irnet.train); instances: centroids, seeds, sparse random walk -> pseudo masks
+(tag2mask.irnet.instances). No action reads ground truth. `--config` takes the `irnet`
+section.
+"""
+
+import logging
+from pathlib import Path
+
+from ..core.cli_args import (
+    add_action,
+    add_config,
+    add_gather,
+    add_manifest,
+    add_progress,
+    add_shard,
+    add_threads,
+    set_threads,
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_actions(actions):
+    p = add_action(actions, "cams", "multi-scale class activation maps of one shard", __doc__,
+                   run_cams)
+    add_manifest(p)
+    p.add_argument("--checkpoint", required=True, type=Path, help="classifier.pt")
+    add_config(p, "irnet")
+    add_shard(p)
+    p.add_argument("--out", required=True, type=Path, help="the cams store (.h5)")
+    add_threads(p)
+    add_progress(p)
+
+    add_gather(actions, ("cams", "pseudo_masks"))
+
+    p = add_action(actions, "relations", "relation seeds from the CAMs", __doc__,
+                   run_relations)
+    p.add_argument("--cams", required=True, type=Path, help="the gathered cams store")
+    add_manifest(p)
+    add_config(p, "irnet")
+    p.add_argument("--out", required=True, type=Path, help="the relation-seeds store (.h5)")
+    add_progress(p)
+
+    p = add_action(actions, "train", "train IRNet's boundary and displacement branches",
+                   __doc__, run_train)
+    add_manifest(p)
+    p.add_argument("--checkpoint", required=True, type=Path, help="classifier.pt (backbone)")
+    p.add_argument("--seeds", required=True, type=Path, help="the relation-seeds store")
+    add_config(p, "irnet")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="folder for irnet.pt, last.pt and log.jsonl")
+    add_threads(p)
+    add_progress(p)
+
+    p = add_action(actions, "instances", "IRNet instances -> pseudo masks (one shard)", __doc__,
+                   run_instances)
+    add_manifest(p)
+    p.add_argument("--model", required=True, type=Path, help="irnet.pt")
+    p.add_argument("--cams", required=True, type=Path, help="the gathered cams store")
+    add_config(p, "irnet")
+    add_shard(p)
+    p.add_argument("--out", required=True, type=Path, help="the pseudo-mask shard store (.h5)")
+    add_threads(p, default=1)
+    add_progress(p)
+
+
+def run_cams(args):
+    from ..classifier.model import load_classifier
+    from ..core.config import section_options
+    from ..core.devices import resolve_device
+    from ..core.shards import select_shard
+    from ..dataset.manifest import read_manifest
+    from .class_maps import write_cams
+
+    set_threads(args.threads)
+    options = section_options(args.config, "irnet")
+    manifest = read_manifest(args.manifest)
+    device = resolve_device(options["device"], "irnet.device")
+    model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
+    input_size = options["input_size"] or meta["input_size"]
+    records, _ = select_shard(manifest, ["train"], args.shard, args.num_shards, "irnet")
+    log.info("shard %d/%d: %d images on %s, input %d px, classifier %s (%s)", args.shard,
+             args.num_shards, len(records), device, input_size, args.checkpoint,
+             meta["backbone"])
+    write_cams(records, manifest, model, options, input_size, args.out, device,
+               progress=not args.no_progress,
+               root_attrs={"shard": args.shard, "num_shards": args.num_shards})
+
+
+def run_relations(args):
+    from ..core.config import section_options
+    from .seeds import write_seeds
+
+    write_seeds(args.cams, args.manifest, section_options(args.config, "irnet"), args.out,
+                progress=not args.no_progress)
+
+
+def run_train(args):
+    from ..core.config import section_options
+    from .train import train_irnet
+
+    train_irnet(args.manifest, args.checkpoint, args.seeds, section_options(args.config, "irnet"),
+                args.out_dir, threads=args.threads, progress=not args.no_progress)
+
+
+def run_instances(args):
+    from ..core.config import section_options
+    from ..core.devices import resolve_device
+    from .instances import write_instances
+    from .model import load_irnet
+
+    set_threads(args.threads)
+    options = section_options(args.config, "irnet")
+    device = resolve_device(options["device"], "irnet.device")
+    model, meta = load_irnet(args.model, device)
+    write_instances(model, meta, args.cams, args.manifest, options, args.shard,
+                    args.num_shards, args.out, device, progress=not args.no_progress)
