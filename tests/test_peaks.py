@@ -167,9 +167,13 @@ def test_select_peaks_threshold_keep_best_and_cap():
     maps[0, 0, 1, 1], maps[0, 0, 4, 4], maps[0, 0, 1, 4] = 3.0, 1.0, -1.0
     maps[0, 1, 2, 2] = -2.0  # class 1: only a weak peak
     maps[0, 2, 3, 3] = 9.0   # class 2: not asked for
-    opts = {"peak_threshold": 0.5, "keep_best_peak": False, "max_peaks": 10}
+    opts = {"peak_threshold": 0.5, "relative_threshold": 0.0, "keep_best_peak": False,
+            "max_peaks": 10}
     peaks, values = select_peaks(maps, [0, 1], opts, 3, "median")
     assert peaks.tolist() == [[0, 1, 1], [0, 4, 4]] and values.tolist() == [3.0, 1.0]
+    # relative: 1.0 is a third of class 0's best (3.0)
+    peaks, _ = select_peaks(maps, [0, 1], {**opts, "relative_threshold": 0.4}, 3, "median")
+    assert peaks.tolist() == [[0, 1, 1]]
     peaks, _ = select_peaks(maps, [0, 1], {**opts, "keep_best_peak": True}, 3, "median")
     assert peaks.tolist() == [[0, 1, 1], [0, 4, 4], [1, 2, 2]]
     peaks, _ = select_peaks(maps, [0, 1], {**opts, "max_peaks": 1}, 3, "median")
@@ -182,7 +186,8 @@ def test_one_peak_per_plateau():
     maps[0, 0, 2:5, 3:6] = 2.0   # a flat 3x3 top: one peak, its top-left pixel
     maps[0, 0, 7, 0] = 1.0       # a separate peak
     maps[0, 1] = 1.0             # a constant map: all plateau
-    opts = {"peak_threshold": 0.5, "keep_best_peak": False, "max_peaks": 20}
+    opts = {"peak_threshold": 0.5, "relative_threshold": 0.0, "keep_best_peak": False,
+            "max_peaks": 20}
     peaks, values = select_peaks(maps, [0, 1], opts, 3, "median")
     assert sorted(map(tuple, peaks.tolist())) == [(0, 2, 3), (0, 7, 0), (1, 0, 0)]
 
@@ -286,3 +291,34 @@ def test_response_map_figures_known_answer():
     # no peak in any instance: empty figures, no error
     none = response_localisation(maps, np.full(3, -1), inst, argmax_yx=np.zeros((3, 2)))
     assert all(len(v) == 0 for v in none.values())
+
+
+def test_averaged_maps_of_one_scale_twice_are_the_single_pass(setup):
+    """The multi-scale path samples every pass at the upsampled and stored map pixels with the
+    cell geometry; one scale twice (no flip) must give the single pass's peaks and maps."""
+    single = extract(setup, "single", {"scales": [1.0], "flip": False, "map_size": 16})
+    twice = extract(setup, "twice", {"scales": [1.0, 1.0], "flip": False, "map_size": 16})
+    _, a = read_all(single)
+    _, b = read_all(twice)
+    for image_id in a:
+        np.testing.assert_array_equal(a[image_id]["peak_class"], b[image_id]["peak_class"])
+        np.testing.assert_allclose(a[image_id]["peak_yx"], b[image_id]["peak_yx"])
+        np.testing.assert_allclose(a[image_id]["peak_value"], b[image_id]["peak_value"],
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a[image_id]["class_maps"].astype(np.float32),
+                                   b[image_id]["class_maps"].astype(np.float32),
+                                   rtol=1e-2, atol=1e-2)
+
+
+def test_flip_averages_a_mirrored_pass(setup):
+    """With flip, the averaged maps of a mirror-symmetric image are mirror-symmetric."""
+    from tag2mask.classifier.cams import multiscale_class_maps
+    from tag2mask.classifier.model import load_classifier
+
+    model, _ = load_classifier(setup[2])
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)
+    rgb = np.concatenate([half, half[:, ::-1]], 1)
+    maps = multiscale_class_maps(model, rgb, 32, [1.0], flip=True, positive=False,
+                                 pixels_yx=(torch.arange(32.0), torch.arange(32.0)))
+    np.testing.assert_allclose(maps.numpy(), maps.flip(-1).numpy(), atol=1e-5)

@@ -27,7 +27,8 @@ H, W = 40, 60
 
 
 def opts(**kw):
-    return {**section_options("{}", "retrieval"), **kw}
+    """Retrieval options; method prm unless asked (the tests below were written for it)."""
+    return {**section_options("{}", "retrieval"), "method": "prm", **kw}
 
 
 def box(y0, y1, x0, x1, shape=(H, W)):
@@ -245,7 +246,7 @@ def _write_inputs(tmp_path):
 
 def test_retrieve_command_writes_shards_that_gather(tmp_path):
     manifest_path = _write_inputs(tmp_path)
-    cfg = json.dumps({"working_size": 64})
+    cfg = json.dumps({"working_size": 64, "method": "prm"})
     shards = []
     for shard in range(2):
         out = tmp_path / f"shards/{shard}.h5"
@@ -294,3 +295,80 @@ def test_retrieve_refuses_mismatched_classes(tmp_path):
         from tag2mask.retrieval.pseudo_masks import write_shard
         write_shard(tmp_path / "peaks.h5", tmp_path / "other.h5", manifest_path, opts(), 0, 1,
                     tmp_path / "out.h5")
+
+
+# Method consensus. One object made of two halves (as the synthetic objects' two-tone textures
+# are); proposals: the left half (highest objectness), the right half, the whole object, the
+# object with the background around it, a background box, and two near copies of the object
+# (hierarchical grouping makes such: a region with or without a strip of its neighbour).
+LEFT, RIGHT = box(10, 26, 15, 25), box(10, 26, 25, 35)
+AROUND = box(4, 32, 8, 42)
+PARTS = [LEFT, RIGHT, OBJECT, AROUND, box(28, 38, 40, 55), box(10, 27, 15, 35),
+         box(11, 26, 15, 35)]
+PART_OBJECTNESS = [0.9, 0.8, 0.7, 0.75, 0.95, 0.7, 0.7]
+
+
+def expected_iou(j, covering, power=4):
+    """Objectness-weighted mean IoU of proposal j with the covering proposals (by hand)."""
+    w = np.asarray(PART_OBJECTNESS)[covering] ** power
+    iou = [(PARTS[j] & PARTS[k]).sum() / (PARTS[j] | PARTS[k]).sum() for k in covering]
+    return float(w @ iou / w.sum())
+
+
+def consensus_scene(peak_yx, class_map=None, **kw):
+    class_map = np.where(OBJECT, 3.0, -1.0) if class_map is None else class_map
+    n = len(peak_yx)
+    peaks = peaks_entry([OBJECT.astype(float)] * n, [1] * n, [2.0] * n, [class_map], [1],
+                        peak_yx=peak_yx)
+    props = {"masks": mask_rle.encode(np.stack(PARTS)),
+             "scores": np.asarray(PART_OBJECTNESS, np.float32)}
+    o = opts(**{"method": "consensus", "working_size": 64, "point": "peak", **kw})
+    inp = prepare_image(peaks, props["masks"], props["scores"], H, W, o)
+    return inp, select(inp, o)
+
+
+def test_consensus_takes_the_whole_object_where_wise_takes_a_part():
+    inp, sel = consensus_scene([(18, 20)], grid_step=0)  # a peak on the left half
+    covering = [0, 2, 3, 5, 6]
+    by_hand = {j: expected_iou(j, covering) for j in covering}
+    assert max(by_hand, key=by_hand.get) == 2
+    assert sel.proposal.tolist() == [2]  # the whole object
+    assert sel.kept.tolist() == [0]
+    _, wise = consensus_scene([(18, 20)], grid_step=0, method="wise", point="peak")
+    assert wise.proposal.tolist() == [0]  # the most objectness-like part
+    # confidence = expected IoU x mean evidence inside (the object: all of it evidence 1)
+    np.testing.assert_allclose(sel.confidence, [by_hand[2]], rtol=1e-3)
+
+
+def test_consensus_power_zero_and_large_bracket_the_choice():
+    # objectness ** 0: every covering proposal counts alike -> still the whole object;
+    # a very large power: the weights are WISE's single best -> its part wins the expectation
+    assert consensus_scene([(18, 20)], grid_step=0, consensus_power=0)[1].proposal.tolist() == [2]
+    assert consensus_scene([(18, 20)], grid_step=0,
+                           consensus_power=200)[1].proposal.tolist() == [0]
+
+
+def test_consensus_grid_finds_an_object_without_a_peak_and_keeps_one_per_object():
+    # two objects of one class, a peak on the first only: the grid points on the second
+    # (class map >= grid_threshold of its max) give it a mask; the many grid points on each
+    # object collapse to one instance per object
+    second = box(28, 38, 40, 55)
+    class_map = np.where(OBJECT | second, 3.0, -1.0)
+    inp, sel = consensus_scene([(18, 20)], class_map=class_map, grid_step=2)
+    assert len(inp.point_class) > 10 and (inp.point_class == 1).all()
+    chosen = sorted(sel.proposal[sel.kept].tolist())
+    assert chosen == [2, 4]
+    # the peak chose the object too; it is kept or merged into the grid point that is
+    assert sel.proposal[0] == 2 and (0 in sel.kept or sel.merged_into[0] in sel.kept)
+
+
+def test_consensus_background_proposal_scores_low():
+    # a point where only the background box covers: its instance has no class evidence
+    class_map = np.where(OBJECT, 3.0, -1.0)
+    inp, sel = consensus_scene([(18, 20), (33, 50)], class_map=class_map, grid_step=0)
+    assert sel.proposal.tolist() == [2, 4]
+    conf = dict(zip(sel.kept.tolist(), sel.confidence.tolist()))
+    assert conf[0] > 0.5 and conf.get(1, 0.0) == 0.0
+    _, sel = consensus_scene([(18, 20), (33, 50)], class_map=class_map, grid_step=0,
+                             min_score=0.01)
+    assert sel.kept.tolist() == [0]

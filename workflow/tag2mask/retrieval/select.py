@@ -1,6 +1,16 @@
 """Proposal retrieval: one mask proposal per class peak, vectorised over peaks and proposals.
 
-Two rules pick a proposal for each peak of an image:
+Three rules pick a proposal for each peak of an image:
+
+* ``consensus`` (the default): among the proposals covering the candidate's point, the one
+  with the highest expected IoU with them, each weighted by objectness ** consensus_power (a
+  minimum-Bayes-risk choice: the hierarchy of proposals around an object holds its parts,
+  the object and the object with its surroundings; the whole object overlaps most of them,
+  a part or a superset few). Candidates are the peaks and, with ``grid_step``, grid points
+  where a class map reaches ``grid_threshold`` of its maximum, so objects without a peak of
+  their own get one too. Confidence = the expected IoU x the mean class evidence (class map
+  clamped at 0, divided by its maximum) inside the mask; the best candidate of each (class,
+  proposal) pair stands for it, then greedy mask NMS by confidence (``select_consensus``).
 
 * ``prm`` (Zhou et al. 2018): every candidate proposal S gets, for every peak,
 
@@ -12,7 +22,7 @@ Two rules pick a proposal for each peak of an image:
 * ``wise`` (Laradji et al. 2019): among the proposals that cover the peak's point (the argmax
   of its response map, or the peak itself), the one with the highest objectness score.
 
-Both rules then sort the retrieved instances by their retrieval score (PRM score, or
+PRM and WISE then sort the retrieved instances by their retrieval score (PRM score, or
 objectness for WISE) and run a greedy mask NMS (IoU >= nms_iou suppresses). As in PRM's code,
 the response map of a suppressed duplicate (inside its own mask) is added into the kept
 instance's response map; the merged map feeds the confidence below.
@@ -146,13 +156,27 @@ def map_point(flat_index, map_shape, height, width):
                      np.clip(np.round(x), 0, width - 1)], axis=-1).astype(np.int64)
 
 
+def grid_points(evidence, step, threshold, height, width):
+    """Candidate points of method consensus besides the peaks: every `step`-th working pixel
+    where a class's evidence (class map clamped at 0 / its max) reaches `threshold`, for each
+    class map. Returns (row of `evidence` [G], (row, col) image pixels [G, 2])."""
+    h, w = evidence.shape[-2:]
+    ys = np.arange(step // 2, h, step)
+    xs = np.arange(step // 2, w, step)
+    sampled = evidence[:, ys][:, :, xs].numpy()  # [K', gy, gx]
+    k, iy, ix = np.nonzero(sampled >= threshold)
+    rows = np.clip(np.round((ys[iy] + 0.5) * height / h - 0.5), 0, height - 1)
+    cols = np.clip(np.round((xs[ix] + 0.5) * width / w - 0.5), 0, width - 1)
+    return k.astype(np.int64), np.stack([rows, cols], 1).astype(np.int64)
+
+
 @dataclass
 class WorkingInputs:
     """Everything one image's retrieval needs, at the working resolution."""
     masks: torch.Tensor          # bool [M, h, w] candidate proposals
     valid: np.ndarray            # bool [M]: within the area limits (and non-empty when working)
     objectness: np.ndarray       # float32 [M]
-    covers: np.ndarray           # bool [M, P]: proposal covers the peak's point (full resolution)
+    covers: np.ndarray           # bool [M, K]: proposal covers candidate k's point
     response: torch.Tensor       # float32 [P, h, w], each sums to 1 (or 0 if no response)
     background: torch.Tensor     # bool [P, h, w]: Q of the peak's class map
     peak_class: np.ndarray       # int [P]
@@ -160,6 +184,11 @@ class WorkingInputs:
     has_response: np.ndarray     # bool [P]
     pixel_area: float            # image pixels per working pixel
     contour_size: int            # footprint side of the contours at the working resolution
+    # Candidates k < P are the peaks; method consensus adds grid points on the class maps.
+    point_class: np.ndarray      # int [K]
+    point_yx: np.ndarray         # float [K, 2] image pixels
+    class_evidence: torch.Tensor  # float32 [K', h, w]: class map clamped at 0 / its max
+    point_map: np.ndarray        # int [K]: row of class_evidence of the candidate's class
 
 
 def prepare_image(peaks, proposal_counts, objectness, height, width, options, where="image"):
@@ -192,6 +221,21 @@ def prepare_image(peaks, proposal_counts, objectness, height, width, options, wh
     points = np.stack([np.clip(np.round(points[:, 0]), 0, height - 1),
                        np.clip(np.round(points[:, 1]), 0, width - 1)], axis=-1).astype(np.int64)
 
+    map_classes = [int(c) for c in np.asarray(peaks["map_classes"]).ravel()]
+    missing = sorted(set(peak_class.tolist()) - set(map_classes))
+    if missing:
+        raise InputError(where, f"peaks of classes {missing} have no stored class map")
+    class_maps = resize_maps(peaks["class_maps"], shape)
+    evidence = class_maps.clamp(min=0)
+    evidence /= evidence.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
+    point_class = peak_class
+    point_map = np.asarray([map_classes.index(int(c)) for c in peak_class], np.int64)
+    if o["method"] == "consensus" and o["grid_step"]:
+        grid_map, grid_yx = grid_points(evidence, o["grid_step"], o["grid_threshold"],
+                                        height, width)
+        points = np.concatenate([points, grid_yx])
+        point_class = np.concatenate([peak_class, np.asarray(map_classes, np.int64)[grid_map]])
+        point_map = np.concatenate([point_map, grid_map])
     work, covers = proposal_stack(counts, height, width, shape, points)
     area = mask_rle.area(counts, height, width) / float(height * width)
     valid = (area >= o["min_area"]) & (area < o["max_area"])
@@ -204,11 +248,6 @@ def prepare_image(peaks, proposal_counts, objectness, height, width, options, wh
     has_response = (total > 0).numpy()
     response /= torch.where(total > 0, total, torch.ones_like(total))[:, None, None]
 
-    map_classes = [int(c) for c in np.asarray(peaks["map_classes"]).ravel()]
-    missing = sorted(set(peak_class.tolist()) - set(map_classes))
-    if missing:
-        raise InputError(where, f"peaks of classes {missing} have no stored class map")
-    class_maps = resize_maps(peaks["class_maps"], shape)
     q = class_maps < o["background_factor"] * class_maps.flatten(1).mean(1)[:, None, None]
     background = q[[map_classes.index(int(c)) for c in peak_class]] if n_peaks else \
         torch.zeros((0, *shape), dtype=torch.bool)
@@ -218,16 +257,19 @@ def prepare_image(peaks, proposal_counts, objectness, height, width, options, wh
         objectness=objectness, covers=covers, response=response, background=background,
         peak_class=peak_class, peak_value=np.asarray(peaks["peak_value"], np.float32),
         has_response=has_response, pixel_area=height * width / float(shape[0] * shape[1]),
-        contour_size=size)
+        contour_size=size, point_class=point_class, point_yx=points.astype(np.float32),
+        class_evidence=evidence, point_map=point_map)
 
 
 @dataclass
 class Selection:
-    """What retrieval decided for one image. Peaks are indexed as in the peaks store."""
-    proposal: np.ndarray      # int [P]: chosen proposal per peak (-1: none)
-    score: np.ndarray         # float [P]: retrieval score of that choice (PRM score / objectness)
-    kept: np.ndarray          # int [N]: peaks whose instance survived NMS, best confidence first
-    merged_into: np.ndarray   # int [P]: kept peak a suppressed peak was merged into (-1: none)
+    """What retrieval decided for one image. Candidates k < P are the peaks, indexed as in the
+    peaks store (methods prm and wise have no others)."""
+    proposal: np.ndarray      # int [K]: chosen proposal per candidate (-1: none)
+    score: np.ndarray         # float [K]: retrieval score of that choice (PRM score, objectness
+    #                           or consensus agreement)
+    kept: np.ndarray          # int [N]: candidates whose instance survived NMS, best first
+    merged_into: np.ndarray   # int [K]: kept candidate a suppressed one was merged into (-1)
     confidence: np.ndarray    # float [N]: per-instance confidence of `kept`
 
 
@@ -254,9 +296,85 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
+def iou_matrix(masks):
+    """IoU [M, M] of bool masks [M, h, w] (float64 numpy), by one matrix product."""
+    flat = _as_float(masks.flatten(1))
+    inter = (flat @ flat.T).double().numpy()
+    area = np.diag(inter)
+    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-10)
+
+
+def consensus_choice(iou, covers, weights):
+    """For each point, the covering proposal with the highest expected IoU with the covering
+    proposals, each weighted by `weights` (objectness ** power): the minimum-Bayes-risk choice.
+    Parts and supersets of an object overlap few of its other proposals; the whole object
+    overlaps most of them. Returns (proposal [K] (-1: none covers), agreement [K] in [0, 1])."""
+    cover = covers.astype(np.float64)  # [M, K]
+    mass = weights @ cover             # [K]
+    expected = iou @ (cover * weights[:, None]) / np.maximum(mass, 1e-300)  # [M, K]
+    expected = np.where(covers, expected, -np.inf)
+    proposal = expected.argmax(0) if len(expected) else np.zeros(covers.shape[1], np.int64)
+    agreement = expected[proposal, np.arange(covers.shape[1])] if len(expected) else \
+        np.full(covers.shape[1], -np.inf)
+    ok = np.isfinite(agreement) & (mass > 0)
+    return np.where(ok, proposal, -1), np.where(ok, agreement, 0.0)
+
+
+def select_consensus(inp, options):
+    """Method consensus: every candidate point (peaks, and grid points on the class maps)
+    takes the consensus proposal among those covering it; an instance's confidence is that
+    proposal's agreement times the mean class evidence inside it. Duplicates (the same
+    proposal for one class) keep their best candidate; then greedy mask NMS by confidence."""
+    o = options
+    n_points = len(inp.point_class)
+    covers = inp.covers & inp.valid[:, None]
+    used = np.flatnonzero(covers.any(1))  # proposals covering some point: the only ones scored
+    weights = np.clip(inp.objectness[used].astype(np.float64), 0, None) ** o["consensus_power"]
+    iou = iou_matrix(inp.masks[used])
+    pick, agreement = consensus_choice(iou, covers[used], weights)
+    proposal = np.where(pick >= 0, used[np.maximum(pick, 0)], -1)
+    # mean evidence of the candidate's class inside its chosen proposal
+    flat = _as_float(inp.masks[used].flatten(1))
+    mean_evidence = ((flat @ inp.class_evidence.flatten(1).T)
+                     / flat.sum(1, keepdim=True).clamp(min=1)).double().numpy()  # [U, K']
+    confidence = np.zeros(n_points)
+    has = pick >= 0
+    confidence[has] = agreement[has] * mean_evidence[pick[has], inp.point_map[has]]
+
+    # best candidate per (class, proposal), then NMS by confidence
+    cand = np.flatnonzero(has)
+    cand = cand[np.lexsort((cand, -confidence[cand]))]
+    owner = {}
+    merged_into = np.full(n_points, -1)
+    firsts = []
+    for k in cand:
+        key = (int(inp.point_class[k]), int(proposal[k]))
+        if key in owner:
+            merged_into[k] = owner[key]
+        else:
+            owner[key] = k
+            firsts.append(k)
+    firsts = np.asarray(firsts, np.int64)
+    chosen = pick[firsts]
+    pair = iou[np.ix_(chosen, chosen)] if len(firsts) else np.zeros((0, 0))
+    if not o["nms_class_agnostic"]:
+        pair = np.where(inp.point_class[firsts][:, None] == inp.point_class[firsts][None], pair, 0)
+    kept = []
+    for i, k in enumerate(firsts):
+        dup = [j for j in kept if o["nms_iou"] is not None and pair[i, j] >= o["nms_iou"]]
+        if dup:
+            merged_into[k] = firsts[dup[0]]
+        elif confidence[k] >= o["min_score"]:
+            kept.append(i)
+    kept_points = firsts[kept] if kept else np.zeros(0, np.int64)
+    return Selection(proposal, agreement, kept_points, merged_into, confidence[kept_points])
+
+
 def select(inp, options):
     """The vectorised retrieval: choose, NMS, merge response maps, confidence."""
     o = options
+    if o["method"] == "consensus":
+        return select_consensus(inp, o)
     n_peaks, n_props = len(inp.peak_class), len(inp.valid)
     usable = inp.has_response
     if o["method"] == "prm":
