@@ -11,6 +11,10 @@ REPORT_INPUTS = {
     "pseudo_masks": PSEUDO_MASKS,
     "maskrcnn_log": f"{RUN}/maskrcnn/log.jsonl",
 }
+if PEAKS_TARGET.endswith("quality.json"):
+    REPORT_INPUTS["peaks_quality"] = PEAKS_TARGET
+if PSEUDO_MASKS_METHOD == "retrieval" and PROPOSALS_TARGET.endswith("quality.json"):
+    REPORT_INPUTS["proposals_quality"] = PROPOSALS_TARGET
 if "val" in SPLITS:
     REPORT_INPUTS["predictions_val"] = f"{RUN}/maskrcnn/predictions_val.json"
 if HAS_GT:

@@ -439,3 +439,25 @@ def test_report_renders_in_chromium_with_all_images(run_dir, tmp_path):
     # the green verdict box is drawn near the top
     green = (np.abs(pixels[:400] - [0xe3, 0xf4, 0xe1]).sum(-1) < 6).sum()
     assert green > 2000
+
+
+def test_stage_table_traces_each_stage(tmp_path):
+    """The stage-by-stage table reads the classifier log and the peak and proposal quality
+    JSONs; a part the run does not have shows why."""
+    from tag2mask.report.page import stage_rows
+    from tag2mask.report.readers import Part, ReportInputs
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 1, "val_mAP": 0.5}\n{"epoch": 2, "val_mAP": 0.75}\n')
+    peaks = tmp_path / "peaks.json"
+    peaks.write_text(json.dumps({"peaks_per_image": 4.0, "peak_precision": 0.5,
+                                 "instance_recall": 0.25, "duplicate_rate": 0.125}))
+    inputs = ReportInputs(manifest=tmp_path / "m.json", classifier_log=Part(log),
+                          peaks_quality=Part(peaks),
+                          proposals_quality=Part(None, "the dataset has no ground truth"))
+    rows = {(stage, measure): (value, why) for stage, measure, value, why in stage_rows(inputs)}
+    assert rows[("Classifier", "val classification mAP (last epoch)")][0] == "0.750"
+    assert rows[("Peaks", "peaks per image")][0] == "4.0"
+    assert rows[("Peaks", "instance recall (instances with a peak)")][0] == "0.250"
+    assert rows[("Proposals", "ABO (best IoU per instance)")] == \
+        (None, "the dataset has no ground truth")

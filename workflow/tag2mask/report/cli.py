@@ -36,6 +36,8 @@ INPUTS = {
     "maskrcnn_log": "Mask R-CNN log.jsonl",
     "upper_bound_log": "upper-bound Mask R-CNN log.jsonl",
     "peaks": "peaks store",
+    "peaks_quality": "peak quality JSON (peaks evaluate; evaluation side)",
+    "proposals_quality": "proposal quality JSON (proposals evaluate; evaluation side)",
     "pseudo_masks": "pseudo-mask store",
     "predictions_val": "Mask R-CNN COCO results on val",
     "gt_train": "ground truth of the train split (pictures only)",
@@ -47,7 +49,8 @@ ROUND_FIELDS = {"eval": "round_evals", "log": "round_logs", "store": "round_stor
 
 NO_GT = "the dataset has no ground truth"
 GT_PARTS = ("pseudo_eval", "maskrcnn_train_eval", "maskrcnn_eval", "upper_bound_eval",
-            "upper_bound_log", "round_eval", "gt_train", "gt_val")
+            "upper_bound_log", "round_eval", "gt_train", "gt_val", "peaks_quality",
+            "proposals_quality")
 VAL_PARTS = ("predictions_val", "maskrcnn_eval", "gt_val")
 
 

@@ -25,9 +25,11 @@ from .charts import bar_chart, line_chart
 from .pictures import picture_groups
 from .readers import (
     Part,
+    pseudo_mask_figures,
     pseudo_mask_method,
     read_benchmarks,
     read_evaluation,
+    read_json,
     read_jsonl,
     read_merge_stats,
 )
@@ -123,6 +125,49 @@ def metrics_rows(inputs):
     rows.append(("Upper bound: Mask R-CNN on GT masks", inputs.eval_split,
                  inputs.upper_bound_eval))
     return [Row(label, split, read_evaluation(part), part.why()) for label, split, part in rows]
+
+
+def _fraction(x):
+    return None if x is None else f"{x:.3f}"
+
+
+def stage_rows(inputs):
+    """(stage, measure, value or None, why missing) per stage: what each stage delivered,
+    so a weak result can be traced to the stage that lost it."""
+    rows = []
+    log = read_jsonl(inputs.classifier_log) if inputs.classifier_log.available else []
+    last = log[-1] if log else {}
+    rows.append(("Classifier", "val classification mAP (last epoch)",
+                 _fraction(last.get("val_mAP")),
+                 inputs.classifier_log.why() if not log else "the dataset has no val split"))
+    peaks = read_json(inputs.peaks_quality)
+    why = inputs.peaks_quality.why()
+    for key, measure in (("peaks_per_image", "peaks per image"),
+                         ("peak_precision", "precision (peak inside an instance of its class)"),
+                         ("instance_recall", "instance recall (instances with a peak)"),
+                         ("duplicate_rate", "duplicates (instances with several peaks)")):
+        value = None if peaks is None else peaks.get(key)
+        rows.append(("Peaks", measure, None if value is None else (
+            f"{value:.1f}" if key == "peaks_per_image" else _fraction(value)), why))
+    props = read_json(inputs.proposals_quality)
+    split = next(iter((props or {}).get("splits", {}).values()), None)
+    why = inputs.proposals_quality.why() if props is None else "not measured"
+    for key, measure in (("proposals_per_image", "proposals per image"),
+                         ("abo", "ABO (best IoU per instance)"),
+                         ("recall@0.7", "recall@0.7"),
+                         ("cpu_seconds_per_image", "CPU seconds per image")):
+        value = None if split is None else split.get(key)
+        rows.append(("Proposals", measure, None if value is None else (
+            f"{value:.3f}" if "abo" in key or "recall" in key else f"{value:.2f}"), why))
+    figures = pseudo_mask_figures(inputs.pseudo_masks)
+    why = inputs.pseudo_masks.why()
+    per_image = None if not figures or not figures["images"] else \
+        f"{figures['instances'] / figures['images']:.2f}"
+    rows.append((f"Pseudo masks ({pseudo_mask_method(inputs.pseudo_masks)})",
+                 "masks per image", per_image, why))
+    rows.append((f"Pseudo masks ({pseudo_mask_method(inputs.pseudo_masks)})",
+                 "median confidence", _fraction(figures and figures["median_score"]), why))
+    return rows
 
 
 def per_class(rows, threshold="0.5"):
@@ -222,6 +267,7 @@ def build_report(inputs, options):
                             evs[("Upper bound: Mask R-CNN on GT masks", inputs.eval_split)]),
         measures=MEASURES,
         rows=rows,
+        stages=stage_rows(inputs),
         rounds=rounds_table(inputs),
         merge_stats=MERGE_STATS,
         per_class_columns=columns,

@@ -55,6 +55,8 @@ class ReportInputs:
     upper_bound: bool | None = None  # whether this run trains the upper bound
     val_split: bool | None = None  # whether this run has a val split
     peaks: Part = field(default_factory=Part)
+    peaks_quality: Part = field(default_factory=Part)      # peaks evaluate's JSON
+    proposals_quality: Part = field(default_factory=Part)  # proposals evaluate's JSON
     pseudo_masks: Part = field(default_factory=Part)
     predictions_val: Part = field(default_factory=Part)      # COCO results of Mask R-CNN on val
     gt_train: Part = field(default_factory=Part)
@@ -71,6 +73,19 @@ def read_evaluation(part):
         raise InputError(part.path, f"evaluation is not valid JSON ({e})") from None
     if not isinstance(data, dict) or "mAP@0.5" not in data:
         raise InputError(part.path, "not a tag2mask evaluation (no mAP@0.5)")
+    return data
+
+
+def read_json(part):
+    """A JSON object of the run (quality figures) or None when the part is not available."""
+    if not part.available:
+        return None
+    try:
+        data = json.loads(Path(part.path).read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(part.path, f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(part.path, "not a JSON object")
     return data
 
 
@@ -179,7 +194,7 @@ def read_predictions(part, min_score):
 
 # the pseudo-mask store's root attr `method` -> how the report names the method
 PSEUDO_MASK_METHODS = {"irnet": "IRNet", "wise": "retrieval, WISE rule",
-                       "prm": "retrieval, PRM score"}
+                       "prm": "retrieval, PRM score", "consensus": "retrieval, consensus rule"}
 
 
 def pseudo_mask_method(part):
@@ -192,6 +207,24 @@ def pseudo_mask_method(part):
     with StoreReader(part.path, "pseudo_masks") as s:
         method = str(s.attrs.get("method", ""))
     return PSEUDO_MASK_METHODS.get(method, method or "method unknown")
+
+
+def pseudo_mask_figures(part):
+    """{images, instances, median score} of a pseudo-mask store, or None when not available."""
+    if not part.available:
+        return None
+    import numpy as np
+
+    from ..core.store import StoreReader
+
+    scores = []
+    with StoreReader(part.path, "pseudo_masks") as s:
+        ids = s.image_ids
+        for image_id in ids:
+            scores.append(np.asarray(s.read(image_id, ["scores"])["scores"], np.float64))
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    return {"images": len(ids), "instances": len(scores),
+            "median_score": float(np.median(scores)) if len(scores) else None}
 
 
 def read_merge_stats(part):
