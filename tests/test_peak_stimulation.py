@@ -90,3 +90,21 @@ def test_upsampling_finds_peaks_on_the_finer_grid():
     scores = peak_stimulation(m, 3, "mean", upsample=4)
     fine = torch.nn.functional.interpolate(m, scale_factor=4, mode="bilinear")
     assert scores.item() == pytest.approx(fine.max().item())
+
+
+def test_classifier_scores_by_pooling():
+    """mean pools the whole map (a broad response beats a single spike); peak scores the
+    map at its local maxima above the filter (the spike wins)."""
+    from tag2mask.classifier.model import PeakClassifier
+
+    maps = torch.zeros(1, 2, 8, 8)
+    maps[0, 0] = 1.0             # class 0: broad, flat evidence
+    maps[0, 1, 3, 3] = 20.0      # class 1: one strong spike
+    scores = {}
+    for pooling in ("mean", "peak"):
+        model = PeakClassifier("tiny", ["a", "b"], stride=8, peak_filter=0.5, pooling=pooling)
+        scores[pooling] = model.scores(maps)
+    assert torch.allclose(scores["mean"], torch.tensor([[1.0, 20.0 / 64]]))
+    assert torch.allclose(scores["peak"], torch.tensor([[1.0, 20.0]]))
+    with pytest.raises(Exception, match="classifier.pooling"):
+        PeakClassifier("tiny", ["a"], stride=8, pooling="max")
