@@ -1,7 +1,8 @@
 # Stage `classifier` (tag2mask/classifier/): the peak classifier, trained on the train split's
 # image-level tags only. The training checkpoint (classifier/last.pt) is not a rule output, so
 # Snakemake keeps it when a killed job is rerun (--rerun-incomplete) and training resumes
-# after its last epoch.
+# after its last epoch. classifier.processes > 1: torchrun with that many processes and as
+# many GPUs (common.smk).
 
 
 rule train_classifier:
@@ -24,8 +25,9 @@ rule train_classifier:
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 12 * 60 * attempt,
-        gpu=int(config["classifier"]["device"] == "cuda"),
+        gpu=training_gpus("classifier"),
+        processes=training_processes("classifier"),
     shell:
         "\"$TAG2MASK_PYTHON\" -m tag2mask.cli classifier train --manifest {input.manifest:q} "
         "--config {params.options:q} --out-dir {params.out_dir:q} --threads {threads} "
-        "--no-progress > {log:q} 2>&1"
+        "--processes {resources.processes} --no-progress > {log:q} 2>&1"

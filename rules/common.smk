@@ -58,8 +58,29 @@ os.environ.update(
 # Rerun triggers, passed as params: a config section as JSON (changing it reruns the rules
 # that take it), and the digest of the code an action runs (core/code_digest.py: the stage's
 # cli.py and every module the action imports, computed from the source).
-options = lambda section: json.dumps(config[section], sort_keys=True)
+options = lambda section: json.dumps(
+    {k: v for k, v in config[section].items() if k != "processes"}, sort_keys=True
+)
 code = lambda action: code_digest(action)
+
+# Training on several processes (classifier, maskrcnn, irnet `processes`, default 1): the
+# training rules pass `--processes N`, and with N > 1 the command runs itself under torchrun
+# (`python -m torch.distributed.run --standalone --nproc-per-node N -m tag2mask.cli ...`;
+# core/launch.py, core/distributed.py). N comes from a resource, not a param, and is left out
+# of the options param: batch_size is the batch over all processes, so changing N reruns
+# nothing. Unless the device is cpu, the rule asks for N GPUs (`gpu` resource: sbatch
+# --gpus=N with the SLURM profile).
+training_processes = lambda section: config[section]["processes"]
+training_gpus = lambda section: (
+    0 if config[section]["device"] == "cpu" else training_processes(section)
+)
+for _section in ("classifier", "maskrcnn", "irnet"):
+    if config[_section]["batch_size"] % config[_section]["processes"]:
+        raise WorkflowError(
+            f"workflow config: {_section}.batch_size {config[_section]['batch_size']} is not "
+            f"a multiple of {_section}.processes {config[_section]['processes']}: batch_size "
+            "is the batch of one step over all processes, each takes an equal part"
+        )
 
 
 # How the pseudo masks are made (config pseudo_masks.method): `retrieval` (retrieval.smk, from

@@ -4,7 +4,8 @@
 #   compute_cams (sharded) -> gather {RUN}/cams/cams.h5: multi-scale + flip CAMs
 #   label_relations -> {RUN}/irnet/relation_seeds.h5: confident fg / bg seeds (relation labels)
 #   train_irnet -> {RUN}/irnet/irnet.pt: boundary + displacement branches (checkpoint every
-#       epoch: irnet/last.pt, not an output, so a killed job resumes after its last epoch)
+#       epoch: irnet/last.pt, not an output, so a killed job resumes after its last epoch;
+#       irnet.processes > 1: that many processes, torchrun, and GPUs, common.smk)
 #   extract_instances (sharded, only with method irnet) -> pseudo_masks/shards/<i>.h5, which
 #       the gather rule (common.smk) joins into PSEUDO_MASKS in place of retrieval's.
 # Each rule passes only the `irnet` keys its action reads, so that changing, say, the random
@@ -101,12 +102,13 @@ rule train_irnet:
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 12 * 60 * attempt,
-        gpu=IRNET_GPU,
+        gpu=training_gpus("irnet"),
+        processes=training_processes("irnet"),
     shell:
         "\"$TAG2MASK_PYTHON\" -m tag2mask.cli irnet train --manifest {input.manifest:q} "
         "--checkpoint {input.checkpoint:q} --seeds {input.seeds:q} "
         "--config {params.options:q} --out-dir {params.out_dir:q} --threads {threads} "
-        "--no-progress > {log:q} 2>&1"
+        "--processes {resources.processes} --no-progress > {log:q} 2>&1"
 
 
 # The switch: only with method irnet does this rule write the pseudo-mask shards (retrieval.smk

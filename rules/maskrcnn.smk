@@ -6,7 +6,8 @@
 #   self_training/round_<r>  trained on self-training round r's pseudo masks
 # Each folder holds model.pt, log.jsonl, checkpoints/ and predictions_<split>.json. The
 # checkpoints are not rule outputs, so Snakemake keeps them when a killed job is rerun
-# (--rerun-incomplete) and training resumes after the last epoch.
+# (--rerun-incomplete) and training resumes after the last epoch. maskrcnn.processes > 1:
+# training on that many processes (torchrun) and GPUs (common.smk).
 
 MASKRCNN = config["maskrcnn"]
 
@@ -43,11 +44,12 @@ rule train_maskrcnn:
     resources:
         mem_mb=lambda wc, attempt: 16000 * attempt,
         runtime=lambda wc, attempt: 24 * 60 * attempt,
-        gpu=int(MASKRCNN["device"] == "cuda"),
+        gpu=training_gpus("maskrcnn"),
+        processes=training_processes("maskrcnn"),
     shell:
         "\"$TAG2MASK_PYTHON\" -m tag2mask.cli maskrcnn train --store {input.store:q} "
         "--manifest {input.manifest:q} --out-dir {params.out_dir:q} --config {params.options:q} "
-        "--threads {threads} --no-progress > {log:q} 2>&1"
+        "--threads {threads} --processes {resources.processes} --no-progress > {log:q} 2>&1"
 
 
 rule predict:

@@ -4,12 +4,14 @@
 
 Writes classifier.pt (the final model), last.pt (the training checkpoint after every epoch;
 a restarted run resumes from it) and log.jsonl (one line per epoch). Details:
-tag2mask.classifier.train.
+tag2mask.classifier.train. --processes N > 1 trains on N processes (torchrun,
+DistributedDataParallel, one GPU each on CUDA; tag2mask.core.distributed).
 """
 
 from pathlib import Path
 
 from ..core.cli_args import add_action, add_config, add_manifest, add_progress, add_threads
+from ..core.launch import add_processes, relaunch, training_processes
 
 
 def add_actions(actions):
@@ -20,12 +22,16 @@ def add_actions(actions):
     p.add_argument("--out-dir", required=True, type=Path,
                    help="folder for classifier.pt, last.pt and log.jsonl")
     add_threads(p)
+    add_processes(p, "classifier")
     add_progress(p)
 
 
 def run_train(args):
     from ..core.config import section_options
+
+    options = section_options(args.config, "classifier")
+    relaunch(training_processes(args, options))  # (before torch is imported)
     from .train import train_classifier
 
-    train_classifier(args.manifest, section_options(args.config, "classifier"), args.out_dir,
-                     threads=args.threads, progress=not args.no_progress)
+    train_classifier(args.manifest, options, args.out_dir, threads=args.threads,
+                     progress=not args.no_progress)

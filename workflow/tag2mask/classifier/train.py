@@ -3,10 +3,11 @@
 Writes into --out-dir:
   last.pt        training checkpoint after every epoch (model, optimizer, scheduler, grad
                  scaler, RNG state, history), written atomically; a restarted run resumes
-                 from it when it was made with the same options (epochs, num_workers and
-                 device aside), the same training images and tags, and the learning rates of
-                 its epochs are those of this run's schedule (so the result equals an
-                 uninterrupted run: more epochs under a cosine schedule start afresh)
+                 from it when it was made with the same options (epochs, num_workers,
+                 device and processes aside), the same training images and tags, and the
+                 learning rates of its epochs are those of this run's schedule (so the
+                 result equals an uninterrupted run: more epochs under a cosine schedule
+                 start afresh)
   log.jsonl      one JSON line per epoch: epoch, loss, lr, seconds, images, and on a dataset
                  with a val split val_mAP (classification mAP from the val tags) and val_AP
   classifier.pt  the final model (tag2mask.classifier.model checkpoint with class names and config)
@@ -16,6 +17,12 @@ flipped per image; scale jitter resizes each batch as a whole, so every image ke
 its tagged objects (a random crop could cut one out and make its tag wrong).
 All randomness of an epoch (order, flips, scales) is drawn from (seed, epoch), so a resumed
 run matches an uninterrupted one exactly on CPU.
+
+With `processes` > 1 (torchrun, DistributedDataParallel; tag2mask.core.distributed) each
+process takes batch_size / processes images of every batch of the epoch plan; the loss, a
+mean over images, then gives the same steps as one process (BatchNorm synchronised on CUDA;
+tested on the CPU with BatchNorm frozen, tests/test_distributed.py). Rank 0 scores the val
+images and writes last.pt, log.jsonl and classifier.pt.
 """
 
 import json
@@ -33,7 +40,7 @@ from tqdm import tqdm
 
 from ..core.atomic import atomic_path, write_text
 from ..core.config import digest
-from ..core.devices import resolve_device
+from ..core.distributed import processes
 from ..core.errors import InputError
 from ..core.metrics import average_precision
 from ..dataset.images import load_rgb
@@ -50,7 +57,7 @@ from .model import (
 log = logging.getLogger(__name__)
 
 # Options that may change between a killed run and its restart without invalidating last.pt.
-RESUMABLE_CHANGES = ("epochs", "num_workers", "device")
+RESUMABLE_CHANGES = ("epochs", "num_workers", "device", "processes")
 
 
 class TagDataset(Dataset):
@@ -196,20 +203,27 @@ def write_log(path, history):
 
 
 def train_classifier(manifest_path, options, out_dir, threads=None, progress=True):
-    """Train (or resume training) the classifier; returns (model, history)."""
-    out_dir = Path(out_dir)
+    """Train (or resume training) the classifier; returns (model, history). Under torchrun
+    every process calls it (module docstring)."""
+    if threads:
+        torch.set_num_threads(threads)
+    with processes(options["device"], "classifier.device") as group:
+        return _train(manifest_path, options, Path(out_dir), progress, group)
+
+
+def _train(manifest_path, options, out_dir, progress, group):
+    batch_size = group.batch_size(options["batch_size"], "classifier.batch_size")
     manifest = read_manifest(manifest_path)
     train, val = manifest.split("train"), manifest.split("val")
     if not train:
         raise InputError(manifest_path, "no images in the train split")
-    if threads:
-        torch.set_num_threads(threads)
-    device = resolve_device(options["device"], "classifier.device")
+    device = group.device
     use_amp = options["amp"] and device.type == "cuda"
     epochs = options["epochs"]
+    progress = progress and group.main
 
     torch.manual_seed(options["seed"])
-    model = build_classifier(options, manifest.classes).to(device)
+    model = group.sync_batchnorm(build_classifier(options, manifest.classes).to(device))
     freeze_bn = freezes_batchnorm(options)
     if freeze_bn:
         freeze_batchnorm(model)
@@ -227,8 +241,8 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
         scheduler.load_state_dict(ckpt["scheduler"])
         # the saved optimizer holds the lr of the old run's schedule (which may have had fewer
         # epochs); set the lr this run's schedule gives after `start` epochs
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * lr_factor(options)(ckpt["meta"]["epoch"])
+        for param_group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            param_group["lr"] = base * lr_factor(options)(ckpt["meta"]["epoch"])
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
@@ -236,27 +250,30 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
         history, start = list(ckpt["history"]), ckpt["meta"]["epoch"]
         log.info("resuming from %s after epoch %d of %d", ckpt_path, start, epochs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_log(out_dir / "log.jsonl", history)  # drops lines of epochs the checkpoint lacks
+    if group.main:
+        write_log(out_dir / "log.jsonl", history)  # drops lines of epochs the checkpoint lacks
+    net = group.wrap(model)  # DistributedDataParallel with several processes
 
     train_set = TagDataset(train, manifest.classes, options["input_size"])
     loader_args = {"num_workers": options["num_workers"], "pin_memory": device.type == "cuda",
                    "persistent_workers": False}
     val_loader = None
-    if val:
+    if val and group.main:
         val_loader = DataLoader(TagDataset(val, manifest.classes, options["input_size"]),
                                 batch_size=options["batch_size"],
                                 sampler=[(i, False) for i in range(len(val))], **loader_args)
-    log.info("training %s on %d images (%d val), %d classes, %s%s, epochs %d..%d",
+    log.info("training %s on %d images (%d val), %d classes, %s%s%s, epochs %d..%d",
              options["backbone"], len(train), len(val), len(manifest.classes), device,
-             " (mixed precision)" if use_amp else "", start + 1, epochs)
+             " (mixed precision)" if use_amp else "",
+             f", {group.world} processes" if group.distributed else "", start + 1, epochs)
 
     for epoch in range(start, epochs):
         t0 = time.time()
-        model.train()
+        net.train()
         if freeze_bn:
             freeze_batchnorm(model)
         items, sizes = epoch_plan(len(train), epoch, options)
-        loader = DataLoader(train_set, batch_size=options["batch_size"], sampler=items,
+        loader = DataLoader(train_set, batch_size=batch_size, sampler=group.shard(items),
                             **loader_args)
         lr = optimizer.param_groups[-1]["lr"]  # the head's
         total, seen = 0.0, 0
@@ -268,7 +285,7 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
             if size != x.shape[-1]:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                maps = model(x)
+                maps = net(x)
             loss = F.multilabel_soft_margin_loss(model.scores(maps, options["upsample"]), targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch + 1}; "
@@ -281,6 +298,8 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
             seen += len(images)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         scheduler.step()
+        total, seen = group.sum([total, seen])
+        seen = int(seen)
 
         record = {"epoch": epoch + 1, "loss": total / seen, "lr": lr, "images": seen}
         if val_loader is not None:
@@ -294,15 +313,17 @@ def train_classifier(manifest_path, options, out_dir, threads=None, progress=Tru
         if epoch == start and start > 0:
             record["resumed_from"] = start
         history.append(record)
-        save_training_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, options,
-                                 epoch + 1, history, key, device)
-        write_log(out_dir / "log.jsonl", history)
+        if group.main:
+            save_training_checkpoint(ckpt_path, model, optimizer, scheduler, scaler, options,
+                                     epoch + 1, history, key, device)
+            write_log(out_dir / "log.jsonl", history)
         log.info("epoch %d/%d: loss %.4f, lr %.3g%s, %.1f s", epoch + 1, epochs, record["loss"],
                  lr, f", val mAP {record['val_mAP']:.3f}" if record.get("val_mAP") is not None
                  else "", record["seconds"])
 
-    final = {"history": history[-1] if history else None}
-    save_classifier(out_dir / "classifier.pt", model, options, epochs, extra_meta=final)
+    if group.main:
+        final = {"history": history[-1] if history else None}
+        save_classifier(out_dir / "classifier.pt", model, options, epochs, extra_meta=final)
     return model.eval(), history
 
 

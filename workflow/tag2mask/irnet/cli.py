@@ -14,10 +14,10 @@
 cams: multi-scale + flip class activation maps of the train images' tagged classes
 (tag2mask.irnet.class_maps); relations: confident foreground / background seeds, the source
 of the inter-pixel relation labels (tag2mask.irnet.seeds); train: the boundary and
-displacement branches from those relations, checkpoint every epoch, resumes
-(tag2mask.irnet.train); instances: centroids, seeds, sparse random walk -> pseudo masks
-(tag2mask.irnet.instances). No action reads ground truth. `--config` takes the `irnet`
-section.
+displacement branches from those relations, checkpoint every epoch, resumes, --processes N
+for N processes (torchrun; tag2mask.irnet.train); instances: centroids, seeds, sparse random
+walk -> pseudo masks (tag2mask.irnet.instances). No action reads ground truth. `--config`
+takes the `irnet` section.
 """
 
 import logging
@@ -33,6 +33,7 @@ from ..core.cli_args import (
     add_threads,
     set_threads,
 )
+from ..core.launch import add_processes, relaunch, training_processes
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def add_actions(actions):
     p.add_argument("--out-dir", required=True, type=Path,
                    help="folder for irnet.pt, last.pt and log.jsonl")
     add_threads(p)
+    add_processes(p, "irnet")
     add_progress(p)
 
     p = add_action(actions, "instances", "IRNet instances -> pseudo masks (one shard)", __doc__,
@@ -114,10 +116,13 @@ def run_relations(args):
 
 def run_train(args):
     from ..core.config import section_options
+
+    options = section_options(args.config, "irnet")
+    relaunch(training_processes(args, options))  # (before torch is imported)
     from .train import train_irnet
 
-    train_irnet(args.manifest, args.checkpoint, args.seeds, section_options(args.config, "irnet"),
-                args.out_dir, threads=args.threads, progress=not args.no_progress)
+    train_irnet(args.manifest, args.checkpoint, args.seeds, options, args.out_dir,
+                threads=args.threads, progress=not args.no_progress)
 
 
 def run_instances(args):

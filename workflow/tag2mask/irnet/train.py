@@ -20,13 +20,20 @@ model's displacement_mean (IRNet's mean shift).
 
 Writes into --out-dir:
   last.pt    training checkpoint after every epoch (model, optimizer, RNG state, history and
-             a resume key: the options other than num_workers/device, the classifier
+             a resume key: the options other than num_workers/device/processes, the classifier
              checkpoint's and the seeds store's digests), written atomically; a restarted
              run resumes after its epoch when the key matches
   log.jsonl  one JSON line per epoch: epoch, loss and its parts, lr, images, seconds
   irnet.pt   the final model (tag2mask.irnet.model)
 All randomness of an epoch (order, flips) is drawn from (seed, epoch), so a resumed run
 matches an uninterrupted one on CPU.
+
+With `processes` > 1 (torchrun, DistributedDataParallel; tag2mask.core.distributed) each
+process takes batch_size / processes images of every batch, and each loss term's count of
+pairs or cells is summed over the processes, so that every term is the mean over the global
+batch and the processes take the same steps as one (the backbone's BatchNorm is frozen, the
+branches use GroupNorm; tests/test_distributed.py). Rank 0 writes last.pt, log.jsonl and,
+with the mean displacement over all images, irnet.pt.
 """
 
 import hashlib
@@ -44,7 +51,7 @@ from ..classifier.cams import resized_input
 from ..classifier.model import load_classifier
 from ..core.atomic import atomic_path, write_text
 from ..core.config import digest
-from ..core.devices import resolve_device
+from ..core.distributed import processes
 from ..core.errors import InputError
 from ..core.store import StoreReader
 from ..dataset.images import load_rgb
@@ -55,7 +62,7 @@ from .seeds import KIND as SEEDS_KIND
 
 log = logging.getLogger(__name__)
 
-NOT_TRAINING = ("num_workers", "device")
+NOT_TRAINING = ("num_workers", "device", "processes")
 LOSSES = ("loss_bg", "loss_fg", "loss_neg", "loss_dp_fg", "loss_dp_bg")
 
 
@@ -86,23 +93,30 @@ class SeedDataset(Dataset):
                 torch.from_numpy(seeds == 0))
 
 
-def relation_losses(boundary_logits, displacement, labels, background, paths):
+def relation_losses(boundary_logits, displacement, labels, background, paths, group=None):
     """The five loss terms (a dict of scalars) of a batch: logits [B, 1, G, G],
-    displacement [B, 2, G, G], relation labels [B, D, G, G], background seeds [B, G, G]."""
+    displacement [B, 2, G, G], relation labels [B, D, G, G], background seeds [B, G, G].
+    Each term is a mean over its pairs or cells. With several processes (`group`) the counts
+    are those of all processes and the terms are scaled by the number of processes, so that
+    DDP's average of the processes' gradients is the gradient of the global batch's means."""
     aff = 1 - paths.max_on_lines(torch.sigmoid(boundary_logits[:, 0]))  # [B, D, G, G]
     pair_disp = pair_displacement(displacement, paths.offsets)          # [B, 2, D, G, G]
     target = torch.as_tensor(paths.offsets, dtype=displacement.dtype,
                              device=displacement.device).T[None, :, :, None, None]
 
-    def mean(values, mask):
-        return (values * mask).sum() / mask.sum().clamp(min=1)
-
     bg, fg, neg = ((labels == k).to(aff.dtype) for k in (BG_POS, FG_POS, NEG))
-    return {"loss_bg": mean(-torch.log(aff + 1e-5), bg),
-            "loss_fg": mean(-torch.log(aff + 1e-5), fg),
-            "loss_neg": mean(-torch.log(1 + 1e-5 - aff), neg),
-            "loss_dp_fg": mean((pair_disp - target).abs().mean(1), fg),
-            "loss_dp_bg": mean(displacement.abs().mean(1), background.to(aff.dtype))}
+    terms = {"loss_bg": (-torch.log(aff + 1e-5), bg),
+             "loss_fg": (-torch.log(aff + 1e-5), fg),
+             "loss_neg": (-torch.log(1 + 1e-5 - aff), neg),
+             "loss_dp_fg": ((pair_disp - target).abs().mean(1), fg),
+             "loss_dp_bg": (displacement.abs().mean(1), background.to(aff.dtype))}
+    counts = torch.stack([mask.sum() for _, mask in terms.values()])
+    scale = 1
+    if group is not None and group.distributed:
+        torch.distributed.all_reduce(counts)
+        scale = group.world
+    return {name: scale * (values * mask).sum() / count.clamp(min=1)
+            for (name, (values, mask)), count in zip(terms.items(), counts)}
 
 
 def total_loss(parts):
@@ -168,12 +182,20 @@ def mean_displacement(model, dataset, device, batch_size):
 
 def train_irnet(manifest_path, classifier_path, seeds_path, options, out_dir, threads=None,
                 progress=True):
-    """Train (or resume) IRNet; returns (model, history)."""
-    out_dir = Path(out_dir)
-    manifest = read_manifest(manifest_path)
+    """Train (or resume) IRNet; returns (model, history). Under torchrun every process calls
+    it (module docstring)."""
     if threads:
         torch.set_num_threads(threads)
-    device = resolve_device(options["device"], "irnet.device")
+    with processes(options["device"], "irnet.device") as group:
+        return _train(manifest_path, classifier_path, seeds_path, options, Path(out_dir),
+                      progress, group)
+
+
+def _train(manifest_path, classifier_path, seeds_path, options, out_dir, progress, group):
+    per_process = group.batch_size(options["batch_size"], "irnet.batch_size")
+    manifest = read_manifest(manifest_path)
+    device = group.device
+    progress = progress and group.main
     classifier, cmeta = load_classifier(classifier_path, "cpu", manifest.classes)
     input_size = options["input_size"] or cmeta["input_size"]
     grid = (input_size - 1) // options["feature_stride"] + 1
@@ -209,26 +231,30 @@ def train_irnet(manifest_path, classifier_path, seeds_path, options, out_dir, th
         elif ckpt is not None:
             log.warning("not resuming from %s: made with other options or inputs", ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_log(out_dir / "log.jsonl", history)
+    if group.main:
+        write_log(out_dir / "log.jsonl", history)
+    net = group.wrap(model)  # DistributedDataParallel with several processes
 
     dataset = SeedDataset(records, seeds, input_size, options["relation_radius"])
     paths = PairPaths(options["relation_radius"])
     log.info("training IRNet (%s backbone, %s) on %d images, %s, grid %dx%d, %d pair offsets, "
-             "epochs %d..%d", cmeta["backbone"],
+             "epochs %d..%d%s", cmeta["backbone"],
              "trained" if options["train_backbone"] else "frozen", len(records), device, grid,
-             grid, len(paths.offsets), start + 1, epochs)
+             grid, len(paths.offsets), start + 1, epochs,
+             f", {group.world} processes" if group.distributed else "")
     for epoch in range(start, epochs):
         t0 = time.time()
-        model.train()
-        loader = DataLoader(dataset, batch_size=batch, sampler=epoch_items(len(records), epoch,
-                                                                           options),
+        net.train()
+        loader = DataLoader(dataset, batch_size=per_process,
+                            sampler=group.shard(epoch_items(len(records), epoch, options)),
                             num_workers=options["num_workers"])
         sums, seen, lr = dict.fromkeys(LOSSES, 0.0), 0, optimizer.param_groups[0]["lr"]
         bar = tqdm(loader, desc=f"irnet epoch {epoch + 1}/{epochs}", mininterval=2,
                    leave=False, disable=not progress)
         for images, labels, background in bar:
             x = images.to(device).float() / 255
-            parts = relation_losses(*model(x), labels.to(device), background.to(device), paths)
+            parts = relation_losses(*net(x), labels.to(device), background.to(device), paths,
+                                    group)
             loss = total_loss(parts)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"IRNet loss became {loss.item()} in epoch "
@@ -241,21 +267,26 @@ def train_irnet(manifest_path, classifier_path, seeds_path, options, out_dir, th
                 sums[k] += parts[k].item() * len(images)
             seen += len(images)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        *totals, seen = group.sum([*sums.values(), seen])  # (one process: as they are)
+        sums, seen = dict(zip(LOSSES, totals)), int(seen)
         record = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()}}
         record["loss"] = total_loss(record)
         record.update(lr=lr, images=seen, seconds=round(time.time() - t0, 2))
         history.append(record)
-        save_training_checkpoint(ckpt_path, model, optimizer, scheduler, cmeta, options,
-                                 epoch + 1, history, key)
-        write_log(out_dir / "log.jsonl", history)
+        if group.main:
+            save_training_checkpoint(ckpt_path, model, optimizer, scheduler, cmeta, options,
+                                     epoch + 1, history, key)
+            write_log(out_dir / "log.jsonl", history)
         log.info("epoch %d/%d: loss %.4f (boundary bg %.3f fg %.3f neg %.3f, displacement fg "
                  "%.3f bg %.3f), lr %.3g, %.1f s", epoch + 1, epochs, record["loss"],
                  *(record[k] for k in LOSSES), lr, record["seconds"])
 
-    shift = mean_displacement(model, dataset, device, batch)
-    model.displacement_mean.copy_(shift.to(device))
-    log.info("mean displacement (removed at inference): dy %.3f, dx %.3f", *shift.tolist())
-    save_irnet(out_dir / "irnet.pt", model, irnet_meta(model, cmeta, options, epochs, history))
+    if group.main:  # (the others are done)
+        shift = mean_displacement(model, dataset, device, batch)
+        model.displacement_mean.copy_(shift.to(device))
+        log.info("mean displacement (removed at inference): dy %.3f, dx %.3f", *shift.tolist())
+        save_irnet(out_dir / "irnet.pt", model, irnet_meta(model, cmeta, options, epochs,
+                                                           history))
     return model.eval(), history
 
 

@@ -5,10 +5,11 @@
     tag2mask maskrcnn predict --checkpoint DIR/model.pt --images FOLDER --out P.json
 
 train writes model.pt, log.jsonl and checkpoints/ (one per epoch; a restarted run resumes
-after the last one; tag2mask.maskrcnn.train). Ground truth is never read. predict writes COCO
-results JSON that pycocotools loads unchanged, on a manifest split or a folder of images, and
-optional overlay PNGs (tag2mask.maskrcnn.predict). The upper bound and the self-training
-rounds use these same two actions on their own stores.
+after the last one; tag2mask.maskrcnn.train); --processes N > 1 trains on N processes
+(torchrun, DistributedDataParallel, one GPU each on CUDA; tag2mask.core.distributed). Ground
+truth is never read. predict writes COCO results JSON that pycocotools loads unchanged, on a
+manifest split or a folder of images, and optional overlay PNGs (tag2mask.maskrcnn.predict).
+The upper bound and the self-training rounds use these same two actions on their own stores.
 """
 
 import json
@@ -16,6 +17,7 @@ import logging
 from pathlib import Path
 
 from ..core.cli_args import add_action, add_config, add_progress, add_threads, set_threads
+from ..core.launch import add_processes, relaunch, training_processes
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ def add_actions(actions):
                    help="folder for model.pt, log.jsonl and checkpoints/")
     add_config(p, "maskrcnn")
     add_threads(p)
+    add_processes(p, "maskrcnn")
     add_progress(p)
 
     p = add_action(actions, "predict", "Mask R-CNN predictions as COCO results JSON", __doc__,
@@ -52,11 +55,13 @@ def add_actions(actions):
 
 def run_train(args):
     from ..core.config import section_options
+
+    options = section_options(args.config, "maskrcnn")
+    relaunch(training_processes(args, options))  # (before torch is imported)
     from .train import train
 
     set_threads(args.threads)
-    train(section_options(args.config, "maskrcnn"), args.store, args.manifest, args.out_dir,
-          progress=not args.no_progress)
+    train(options, args.store, args.manifest, args.out_dir, progress=not args.no_progress)
 
 
 def run_predict(args):
