@@ -372,3 +372,11 @@ def test_consensus_background_proposal_scores_low():
     _, sel = consensus_scene([(18, 20), (33, 50)], class_map=class_map, grid_step=0,
                              min_score=0.01)
     assert sel.kept.tolist() == [0]
+
+
+def test_consensus_point_that_no_proposal_covers_gets_none():
+    # a peak in the image corner, outside every proposal (scale_run met an image where no
+    # proposal covered any point): no choice, no instance, no crash
+    inp, sel = consensus_scene([(1, 1)], grid_step=0)
+    assert not inp.covers.any()
+    assert sel.proposal.tolist() == [-1] and len(sel.kept) == 0

@@ -332,7 +332,8 @@ def select_consensus(inp, options):
     weights = np.clip(inp.objectness[used].astype(np.float64), 0, None) ** o["consensus_power"]
     iou = iou_matrix(inp.masks[used])
     pick, agreement = consensus_choice(iou, covers[used], weights)
-    proposal = np.where(pick >= 0, used[np.maximum(pick, 0)], -1)
+    proposal = np.full(n_points, -1)
+    proposal[pick >= 0] = used[pick[pick >= 0]]  # `used` may be empty: no proposal covers
     # mean evidence of the candidate's class inside its chosen proposal
     flat = _as_float(inp.masks[used].flatten(1))
     mean_evidence = ((flat @ inp.class_evidence.flatten(1).T)
