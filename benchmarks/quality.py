@@ -71,10 +71,12 @@ def run(name, threads):
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "quality_config.yaml"
     config.write_text(yaml.safe_dump(config_for(name)))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile"]
+    # targets first: --configfile takes every word after it up to the next option
+    cmd = [sys.executable, "-m", "snakemake", *[f"{folder.relative_to(REPO)}/{t}"
+                                                for t in targets or []]]
+    cmd += ["--cores", "2", "--configfile"]
     cmd += [str(REPO / "config/voc.yaml"), str(config)] if base == "config/voc.yaml" \
         else [str(config)]
-    cmd += [f"{folder.relative_to(REPO)}/{t}" for t in targets or []]
     if threads:
         cmd += ["--set-threads", *threads]
     print(f"[{name}] {' '.join(cmd)}", file=sys.stderr, flush=True)
