@@ -19,6 +19,7 @@ from tag2mask.peaks.quality import (
     pairwise_similarity,
     peak_quality,
     response_localisation,
+    response_map_parts,
     response_map_quality,
 )
 
@@ -188,7 +189,7 @@ def test_one_peak_per_plateau():
     maps[0, 1] = 1.0             # a constant map: all plateau
     opts = {"peak_threshold": 0.5, "relative_threshold": 0.0, "keep_best_peak": False,
             "max_peaks": 20}
-    peaks, values = select_peaks(maps, [0, 1], opts, 3, "median")
+    peaks, _values = select_peaks(maps, [0, 1], opts, 3, "median")
     assert sorted(map(tuple, peaks.tolist())) == [(0, 2, 3), (0, 7, 0), (1, 0, 0)]
 
 
@@ -288,6 +289,8 @@ def test_response_map_figures_known_answer():
     assert q["mass_own"] == pytest.approx(0.5) and q["own_share"] == pytest.approx(0.5)
     assert q["own_share_by_area"] == pytest.approx(1 / 3)
     assert q["argmax_in_own"] == pytest.approx(0.5)
+    # what peak_quality keeps per image instead of the maps gives the same figures
+    assert response_map_quality(None, parts=[response_map_parts(maps, own, loc)]) == q
     # no peak in any instance: empty figures, no error
     none = response_localisation(maps, np.full(3, -1), inst, argmax_yx=np.zeros((3, 2)))
     assert all(len(v) == 0 for v in none.values())

@@ -47,7 +47,7 @@ def gt_coco(manifest_path, truth, split):
 
 
 def test_predict_manifest_split_loads_with_pycocotools(model, tmp_path):
-    folder, manifest, ckpt, truth = model
+    _folder, manifest, ckpt, truth = model
     out = tmp_path / "pred.json"
     overlays = tmp_path / "overlays"
     assert main(["maskrcnn", "predict", "--checkpoint", str(ckpt), "--manifest", str(manifest),
@@ -83,7 +83,7 @@ def test_predict_manifest_split_loads_with_pycocotools(model, tmp_path):
 
 
 def test_predict_folder_writes_sidecar(model, tmp_path):
-    folder, manifest, ckpt, _ = model
+    folder, _manifest, ckpt, _ = model
     images = tmp_path / "imgs"
     images.mkdir()
     for name in ("b.png", "a.png"):
@@ -114,3 +114,21 @@ def test_predict_refuses_checkpoint_of_other_classes(model, tmp_path, capsys):
                "--out", str(tmp_path / "x.json"), "--no-progress"])
     assert rc == 2 and "trained on classes" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("batches", [[], [[]], [[{"a": 1, "b": [0.5, 2]}], [], [{"c": "x"},
+                                                                            {"d": None}]]])
+def test_results_writer_writes_the_bytes_of_write_json(tmp_path, batches):
+    """predict streams its results to the file: the same bytes as the list written whole."""
+    from tag2mask.core.atomic import write_json
+    from tag2mask.maskrcnn.predict import ResultsWriter
+
+    with ResultsWriter(tmp_path / "streamed.json") as w:
+        for b in batches:
+            w.write(b)
+    write_json(tmp_path / "whole.json", [r for b in batches for r in b], indent=None)
+    assert (tmp_path / "streamed.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+    with pytest.raises(RuntimeError), ResultsWriter(tmp_path / "failed.json") as w:
+        w.write([{"a": 1}])
+        raise RuntimeError("killed")
+    assert not (tmp_path / "failed.json").exists()

@@ -34,10 +34,9 @@ def test_round_trip_arrays_strings_and_attrs(tmp_path):
 
 def test_killed_writer_leaves_no_store(tmp_path):
     path = tmp_path / "s.h5"
-    with pytest.raises(RuntimeError):
-        with StoreWriter(path, "peaks", ["a"]) as w:
-            w.add("x", 4, 4, {"v": np.zeros(3)})
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), StoreWriter(path, "peaks", ["a"]) as w:
+        w.add("x", 4, 4, {"v": np.zeros(3)})
+        raise RuntimeError("killed")
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -68,6 +67,34 @@ def test_gather_joins_shards_and_rejects_mismatch(tmp_path):
     with pytest.raises(InputError, match="config_digest"):
         gather([tmp_path / "0.h5", tmp_path / "other.h5"], tmp_path / "bad.h5")
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_bounded_metadata_cache_changes_no_value(tmp_path, monkeypatch):
+    """Stores are opened with a small metadata cache (memory flat in the number of images);
+    a gather made with HDF5's default cache holds the same images, arrays and attrs."""
+    from tag2mask.core import store
+
+    rng = np.random.default_rng(0)
+    for s in range(2):
+        with StoreWriter(tmp_path / f"{s}.h5", "pseudo_masks", ["a", "b"], config_digest="d",
+                         attrs={"count_instances": 3}) as w:
+            for i in range(s, 300, 2):
+                w.add(f"im/{i}", 40, 50, {"masks": mask_rle.encode(_random_masks(rng, 2, 40, 50)),
+                                          "labels": rng.integers(0, 2, 2),
+                                          "scores": rng.random(2, np.float32)})
+    shards = [tmp_path / "0.h5", tmp_path / "1.h5"]
+    gather(shards, tmp_path / "bounded.h5")
+    with StoreReader(tmp_path / "bounded.h5") as r:
+        assert r.file.id.get_mdc_config().max_size == store._MDC_MAX_BYTES
+    monkeypatch.setattr(store, "_bound_metadata_cache", lambda f: f)
+    gather(shards, tmp_path / "default.h5")
+    with StoreReader(tmp_path / "default.h5") as r:
+        assert r.file.id.get_mdc_config().max_size > store._MDC_MAX_BYTES
+    monkeypatch.undo()
+    bounded, default = _read_everything(tmp_path / "bounded.h5"), _read_everything(
+        tmp_path / "default.h5")
+    assert len(bounded[1]) == 300 and bounded[0]["count_instances"] == 6
+    assert _same(bounded, default)
 
 
 def test_masks_are_stored_compactly(tmp_path):

@@ -69,7 +69,14 @@ def run_predict(args):
     from ..core.config import section_options
     from ..core.devices import resolve_device
     from .model import load_checkpoint
-    from .predict import PREDICT_OPTIONS, configure, folder_items, manifest_items, predict
+    from .predict import (
+        PREDICT_OPTIONS,
+        ResultsWriter,
+        configure,
+        folder_items,
+        manifest_items,
+        predict,
+    )
 
     set_threads(args.threads)
     if args.manifest is not None:
@@ -88,15 +95,16 @@ def run_predict(args):
     device = resolve_device(options["device"], "maskrcnn.device")
     model.to(device)
     configure(model, options)
-    results, infos, stats = predict(model, items, options, device, payload["class_names"],
-                                    args.overlays, progress=not args.no_progress,
-                                    skip_bad=args.manifest is None)
+    # results streamed to the file as they come (memory flat in the number of detections)
+    with ResultsWriter(args.out) as out:
+        _, infos, stats = predict(model, items, options, device, payload["class_names"],
+                                  args.overlays, progress=not args.no_progress,
+                                  skip_bad=args.manifest is None, sink=out.write)
     if args.manifest is None:
         # a COCO instances file without annotations: COCO(it).loadRes(out) reads the results
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(payload["class_names"])]
         write_json(f"{args.out}.images.json",
                    {"images": infos, "categories": categories, "annotations": []}, indent=None)
-    write_json(args.out, results, indent=None)
     log.info("%d images (%d unreadable, skipped), %d detections, %.1f images/s -> %s",
              stats["images"], stats["skipped"], stats["detections"], stats["images_per_s"] or 0,
              args.out)

@@ -8,6 +8,7 @@ bbox (x, y, w, h) and score: pycocotools `COCO.loadRes` reads the file unchanged
 Optional overlay PNGs show the masks, boxes and labels over each image.
 """
 
+import json
 import logging
 import time
 import urllib.parse
@@ -116,16 +117,18 @@ def to_results(output, image_id, options):
 
 
 def predict(model, items, options, device, class_names=(), overlays=None, progress=True,
-            skip_bad=False):
+            skip_bad=False, sink=None):
     """Run the model over items [(coco id, path, name)]: (COCO results list, per-image info
     [{id, file_name, width, height}], stats). `skip_bad`: log and skip undecodable images
-    (a folder of images) instead of failing (a manifest, whose images were checked)."""
+    (a folder of images) instead of failing (a manifest, whose images were checked).
+    `sink`: called with each image's results as they come (`ResultsWriter.write`), which are
+    then not kept (the list returned is empty): memory does not grow with the detections."""
     amp = bool(options["amp"]) and device.type == "cuda"
     loader = torch.utils.data.DataLoader(
         ImageList([p for _, p, _ in items], skip_bad), batch_size=options["predict_batch_size"],
         num_workers=options["num_workers"], collate_fn=_collate,
         pin_memory=device.type == "cuda")
-    results, infos, skipped = [], [], 0
+    results, infos, skipped, detections = [], [], 0, 0
     if overlays is not None:
         Path(overlays).mkdir(parents=True, exist_ok=True)  # there even when no image decodes
     start = time.perf_counter()
@@ -137,9 +140,13 @@ def predict(model, items, options, device, class_names=(), overlays=None, progre
         with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
             outputs = model(batch)
         for pos, image, out in zip(positions, images, outputs):
-            image_id, path, name = items[pos]
+            image_id, _path, name = items[pos]
             found, masks = to_results(out, image_id, options)
-            results.extend(found)
+            detections += len(found)
+            if sink is None:
+                results.extend(found)
+            else:
+                sink(found)
             infos.append({"id": image_id, "file_name": name, "width": int(image.shape[2]),
                           "height": int(image.shape[1])})
             if overlays is not None:
@@ -147,10 +154,41 @@ def predict(model, items, options, device, class_names=(), overlays=None, progre
                               image.permute(1, 2, 0).numpy(), found, masks, class_names)
     seconds = time.perf_counter() - start
     skipped = len(items) - len(infos)
-    stats = {"images": len(infos), "skipped": skipped, "detections": len(results),
+    stats = {"images": len(infos), "skipped": skipped, "detections": detections,
              "seconds": round(seconds, 3),
              "images_per_s": round(len(infos) / seconds, 3) if seconds > 0 else None}
     return results, infos, stats
+
+
+class ResultsWriter:
+    """Write a COCO results list to a JSON file result by result, in the bytes
+    `core.atomic.write_json(path, results, indent=None)` writes (atomically too).
+
+    with ResultsWriter(path) as w: predict(..., sink=w.write)
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self._atomic = atomic_path(self.path)
+        self._file = open(self._atomic.__enter__(), "w")
+        self._file.write("[")
+        self._first = True
+        return self
+
+    def write(self, results):
+        for r in results:
+            self._file.write(("" if self._first else ", ") + json.dumps(r))
+            self._first = False
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self._file.write("]\n")
+        finally:
+            self._file.close()
+        return self._atomic.__exit__(exc_type, exc, tb)
 
 
 def _palette(i):

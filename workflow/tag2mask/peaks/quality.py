@@ -164,19 +164,29 @@ def _mean(values):
     return float(values.mean()) if len(values) else None
 
 
-def response_map_quality(per_image):
-    """The "response_maps" figures from per-image (maps, own) pairs and localisation dicts."""
+def response_map_parts(maps, own, localisation):
+    """What response_map_quality keeps of one image: its pairs' cosine and overlap (all, and
+    of peaks in different instances) and its localisation figures, not its maps."""
+    if len(maps) < 2:
+        return None, localisation
+    cosine, overlap = pairwise_similarity(maps)
+    i, j = np.triu_indices(len(maps), 1)
+    diff = (own[i] >= 0) & (own[j] >= 0) & (own[i] != own[j])
+    return (cosine[i, j], overlap[i, j], cosine[i, j][diff], overlap[i, j][diff]), localisation
+
+
+def response_map_quality(per_image, parts=None):
+    """The "response_maps" figures from per-image (maps, own) pairs and localisation dicts,
+    or from their `response_map_parts` (`parts`: what peak_quality keeps, image by image, so
+    that its memory does not hold every image's maps)."""
+    if parts is None:
+        parts = [response_map_parts(*x) for x in per_image]
     cos_all, ovl_all, cos_diff, ovl_diff = [], [], [], []
     loc = {}
-    for maps, own, localisation in per_image:
-        if len(maps) >= 2:
-            cosine, overlap = pairwise_similarity(maps)
-            i, j = np.triu_indices(len(maps), 1)
-            cos_all.append(cosine[i, j])
-            ovl_all.append(overlap[i, j])
-            diff = (own[i] >= 0) & (own[j] >= 0) & (own[i] != own[j])
-            cos_diff.append(cosine[i, j][diff])
-            ovl_diff.append(overlap[i, j][diff])
+    for pairs, localisation in parts:
+        if pairs is not None:
+            for out, v in zip((cos_all, ovl_all, cos_diff, ovl_diff), pairs):
+                out.append(v)
         for k, v in localisation.items():
             loc.setdefault(k, []).append(v)
     loc = {k: np.concatenate(v) for k, v in loc.items()}
@@ -185,10 +195,10 @@ def response_map_quality(per_image):
     n_own = len(loc.get("mass_own", ()))
     several = ~np.isnan(loc["own_share"]) & (loc["area_share"] < 1) if n_own else np.zeros(0, bool)
     return {
-        "pairs": int(len(cos_all)),
+        "pairs": len(cos_all),
         "pair_cosine": _mean(cos_all),
         "pair_overlap": _mean(ovl_all),
-        "pairs_different_instances": int(len(cos_diff)),
+        "pairs_different_instances": len(cos_diff),
         "different_instances_cosine": _mean(cos_diff),
         "different_instances_overlap": _mean(ovl_diff),
         "peaks_in_own_instance": n_own,
@@ -212,7 +222,8 @@ def peak_quality(store_path, gt_paths, thresholds=None):
     values_all, class_all, correct_all, argmax_correct_all = [], [], [], []
     # per (image instance) the values of the peaks hitting it, for the threshold sweep
     hitting_values = []
-    responses = []  # per image: (response maps, own instance per peak, localisation figures)
+    # per image: response_map_parts (pair similarities and localisation figures, not the maps)
+    responses = []
     missing = 0
     with StoreReader(store_path, "peaks") as store:
         class_names = store.class_names
@@ -234,7 +245,7 @@ def peak_quality(store_path, gt_paths, thresholds=None):
             correct, hits = match_points(e["peak_yx"], pcls, masks, icls)
             a_correct, a_hits = match_points(e["response_argmax_yx"], pcls, masks, icls)
             own = own_instances(e["peak_yx"], pcls, masks, icls)
-            responses.append((e["response_maps"], own, response_localisation(
+            responses.append(response_map_parts(e["response_maps"], own, response_localisation(
                 e["response_maps"], own, masks, e["response_argmax_yx"])))
             vals = np.asarray(e["peak_value"], np.float32)
             values_all.append(vals)
@@ -275,9 +286,9 @@ def peak_quality(store_path, gt_paths, thresholds=None):
         "peak_threshold": float(attrs["peak_threshold"]) if "peak_threshold" in attrs else None,
         "images": len(rows),
         "images_without_peaks": int(sum(n == 0 for n in rows)),
-        "peaks": int(len(values)),
+        "peaks": len(values),
         "peaks_per_image": float(len(values) / len(rows)),
-        "gt_instances": int(len(icls)),
+        "gt_instances": len(icls),
         "classification_mAP": float(np.nanmean(aps)) if np.any(~np.isnan(aps)) else None,
         **{f"peak_{k}" if k == "precision" else k: v for k, v in _rates(correct, hits).items()},
         "argmax": _rates(a_correct, a_hits),
@@ -285,7 +296,7 @@ def peak_quality(store_path, gt_paths, thresholds=None):
             name: ([float(q) for q in np.quantile(v, QUANTILES)] if len(v) else [])
             for name, v in (("correct", values[correct]), ("wrong", values[~correct]))},
         "quantile_levels": list(QUANTILES),
-        "response_maps": response_map_quality(responses),
+        "response_maps": response_map_quality(None, parts=responses),
         "per_class": {},
         "threshold_sweep": [],
     }
