@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 VOC_MINI = Path(os.environ.get("TAG2MASK_VOC_MINI", REPO.parent / "shared/data/voc-mini"))
 
 # name -> (base config file, overrides, targets (None: the default target))
-VOC_TARGETS = ["pseudo_masks/evaluation.json", "peaks/quality.json", "classifier/log.jsonl"]
+VOC_TARGETS = ["pseudo_masks/evaluation.json", "peaks/quality.json", "classifier/log.jsonl",
+               "proposals/quality.json"]
 RUNS = {
     "demo0": ("config/config.yaml", {"dataset": {"synthetic": {"seed": 0}}}, None),
     "demo1": ("config/config.yaml", {"dataset": {"synthetic": {"seed": 1}}}, None),
