@@ -12,7 +12,7 @@ files, never from a hand-run script:
   the whole workflow (Mask R-CNN on val and the upper bound);
 - voc-mini: config/voc.yaml (needs ../shared/data/voc-mini or TAG2MASK_VOC_MINI), up to the
   pseudo masks, as the quality goals ask;
-- demo0-irnet, voc-mini-irnet: the same with pseudo_masks.method irnet.
+- demo0-irnet, demo1-irnet, voc-mini-irnet: the same with pseudo_masks.method irnet.
 With --run, the wall time of each snakemake invocation is recorded in
 results/quality-<name>/quality_wall.json (a run found finished keeps its recorded time).
 
@@ -50,6 +50,8 @@ RUNS = {
     "demo1": ("config/config.yaml", {"dataset": {"synthetic": {"seed": 1}}}, None),
     "voc-mini": ("config/voc.yaml", {"dataset": {"voc": {"root": str(VOC_MINI)}}}, VOC_TARGETS),
     "demo0-irnet": ("config/config.yaml", {"dataset": {"synthetic": {"seed": 0}},
+                                           "pseudo_masks": {"method": "irnet"}}, None),
+    "demo1-irnet": ("config/config.yaml", {"dataset": {"synthetic": {"seed": 1}},
                                            "pseudo_masks": {"method": "irnet"}}, None),
     "voc-mini-irnet": ("config/voc.yaml", {"dataset": {"voc": {"root": str(VOC_MINI)}},
                                            "pseudo_masks": {"method": "irnet"}}, VOC_TARGETS),
