@@ -65,13 +65,8 @@ class ReportInputs:
 
 def read_evaluation(part):
     """An evaluation JSON (tag2mask evaluation score) or None."""
-    if not part.available:
-        return None
-    try:
-        data = json.loads(Path(part.path).read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(part.path, f"evaluation is not valid JSON ({e})") from None
-    if not isinstance(data, dict) or "mAP@0.5" not in data:
+    data = read_json(part)
+    if data is not None and "mAP@0.5" not in data:
         raise InputError(part.path, "not a tag2mask evaluation (no mAP@0.5)")
     return data
 
