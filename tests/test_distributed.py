@@ -20,7 +20,7 @@ import torch
 import torchvision
 from conftest import build_manifest
 from PIL import Image
-from test_irnet import IRNET, tiny_classifier
+from test_irnet import IRNET, random_relation_seeds, tiny_classifier
 from test_kills import epochs_in, kill_after_first_epoch, run, start
 from test_maskrcnn import CLASSES as MASKRCNN_CLASSES
 from test_maskrcnn import TINY as TINY_MASKRCNN
@@ -215,13 +215,7 @@ def test_irnet_two_processes_equal_one(tmp_path):
     manifest = build_manifest(tmp_path / "data", n_images=8, size=(64, 64))
     m = read_manifest(manifest)
     _, classifier = tiny_classifier(tmp_path, m.classes)
-    rng = np.random.default_rng(0)
-    seeds = tmp_path / "relation_seeds.h5"
-    with StoreWriter(seeds, "relation_seeds", m.classes) as w:
-        for rec in m.images:
-            s = np.where(rng.random((16, 16)) < 0.5, 0, 1 + m.label_indices(rec)[0])
-            s[rng.random((16, 16)) < 0.2] = 255
-            w.add(rec.id, 64, 64, {"seeds": s.astype(np.uint8)})
+    seeds = random_relation_seeds(tmp_path / "relation_seeds.h5", m, unknown_share=0.2)
     config = json.dumps({**IRNET, "epochs": 2, "batch_size": 4})
     one, two = train_on_1_and_2_processes(
         lambda out: train_irnet(manifest, classifier, seeds, section_options(config, "irnet"),

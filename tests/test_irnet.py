@@ -301,16 +301,24 @@ def test_commands_chain_from_classifier_to_pseudo_masks(tmp_path):
     pseudo_masks_to_results(out, read_manifest(manifest))  # the evaluator's reader takes it
 
 
+def random_relation_seeds(path, manifest, unknown_share=0.0):
+    """A relation-seed store of random 16x16 seed maps for 64x64 images: background or the
+    image's first label, half each, and `unknown_share` of the cells unknown (255)."""
+    rng = np.random.default_rng(0)
+    with StoreWriter(path, "relation_seeds", manifest.classes) as w:
+        for rec in manifest.images:
+            s = np.where(rng.random((16, 16)) < 0.5, 0, 1 + manifest.label_indices(rec)[0])
+            if unknown_share:
+                s[rng.random((16, 16)) < unknown_share] = 255
+            w.add(rec.id, 64, 64, {"seeds": s.astype(np.uint8)})
+    return path
+
+
 def test_train_irnet_resumes_after_sigkill(tmp_path):
     manifest = build_manifest(tmp_path / "data", n_images=48, size=(64, 64))
     m = read_manifest(manifest)
     _, classifier = tiny_classifier(tmp_path, m.classes)
-    rng = np.random.default_rng(0)
-    seeds = tmp_path / "relation_seeds.h5"
-    with StoreWriter(seeds, "relation_seeds", m.classes) as w:
-        for rec in m.images:
-            s = np.where(rng.random((16, 16)) < 0.5, 0, 1 + m.label_indices(rec)[0])
-            w.add(rec.id, 64, 64, {"seeds": s.astype(np.uint8)})
+    seeds = random_relation_seeds(tmp_path / "relation_seeds.h5", m)
     out = tmp_path / "irnet"
     config = json.dumps({**IRNET, "epochs": 4, "batch_size": 1})
     args = ["irnet", "train", "--manifest", str(manifest), "--checkpoint", str(classifier),
