@@ -85,9 +85,15 @@ for _section in ("classifier", "maskrcnn", "irnet"):
 
 # How the pseudo masks are made (config pseudo_masks.method): `retrieval` (retrieval.smk, from
 # peaks and proposals) or `irnet` (irnet.smk). Only that method's rule writes the shards
-# pseudo_masks/shards/<i>.h5, which the gather rule joins into PSEUDO_MASKS for every stage
-# downstream; the other method's stages are not part of the run.
+# METHOD_SHARD, which become pseudo_masks/shards/<i>.h5 (verified, or as they are with
+# verification off) and the gather rule joins into PSEUDO_MASKS for every stage downstream;
+# the other method's stages are not part of the run.
 PSEUDO_MASKS_METHOD = config["pseudo_masks"]["method"]
+# With verification on (rules/verification.smk) the method writes its shards to
+# pseudo_masks/unverified/ and the verify rule rescores them into pseudo_masks/shards/.
+VERIFICATION = config["verification"]
+METHOD_SHARD = (f"{RUN}/pseudo_masks/unverified/{{shard}}.h5" if VERIFICATION["enabled"]
+                else f"{RUN}/pseudo_masks/shards/{{shard}}.h5")
 
 # The sharded stages write <folder>/shards/<i>.h5; one job joins them into <folder>/<folder>.h5
 # (`tag2mask <stage> gather`): folder -> stage

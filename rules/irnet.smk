@@ -121,7 +121,7 @@ if PSEUDO_MASKS_METHOD == "irnet":
             model=f"{RUN}/irnet/irnet.pt",
             cams=f"{RUN}/cams/cams.h5",
         output:
-            f"{RUN}/pseudo_masks/shards/{{shard}}.h5",
+            METHOD_SHARD,
         wildcard_constraints:
             shard=r"\d+",
         params:

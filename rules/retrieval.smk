@@ -14,7 +14,7 @@ if PSEUDO_MASKS_METHOD == "retrieval":
             proposals=PROPOSALS_STORE,
             manifest=MANIFEST,
         output:
-            store=f"{RUN}/pseudo_masks/shards/{{shard}}.h5",
+            store=METHOD_SHARD,
             panels=directory(f"{RUN}/pseudo_masks/panels/{{shard}}"),
         wildcard_constraints:
             shard=r"\d+",

@@ -83,7 +83,7 @@ def test_lint_is_clean():
 
 def test_weak_stages_take_no_ground_truth_input(tmp_path):
     jobs = dry_run_jobs(tmp_path, *[f"results/tiny/{t}" for t in WEAK_TARGETS])
-    assert "train_maskrcnn" in jobs and "retrieve" in jobs
+    assert {"train_maskrcnn", "retrieve", "verify"} <= set(jobs)
     for rule, inputs in jobs.items():
         assert not any("/gt/" in i for i in inputs), f"{rule} reads ground truth: {inputs}"
     assert "gt_training_masks" not in jobs
@@ -110,11 +110,20 @@ def test_irnet_stages_take_no_ground_truth_input(tmp_path):
     assert len(made) == 1 and made[0][0] == "gather"
     assert made[0][1] == ["results/tiny/pseudo_masks/shards/0.h5",
                           "results/tiny/pseudo_masks/shards/1.h5"]
-    producers = {rule for rule, _, outputs in jobs
-                 if any("/pseudo_masks/shards/" in o for o in outputs)}
-    assert producers == {"extract_instances"}
+    producers = {folder: {rule for rule, _, outputs in jobs
+                          if any(f"/pseudo_masks/{folder}/" in o for o in outputs)}
+                 for folder in ("unverified", "shards")}
+    assert producers == {"unverified": {"extract_instances"}, "shards": {"verify"}}
     # and the whole default target asks for no proposals
     assert "propose" not in set(planned_jobs(tmp_path, "--forceall", config=config))
+
+
+def test_verification_off_sends_the_method_shards_straight_to_gather(tmp_path):
+    config = {**TINY, "verification": {"enabled": False}}
+    jobs = dry_run(tmp_path, "results/tiny/pseudo_masks/pseudo_masks.h5", config=config)
+    assert "verify" not in {rule for rule, _, _ in jobs}
+    assert {rule for rule, _, outputs in jobs
+            if any("/pseudo_masks/shards/" in o for o in outputs)} == {"retrieve"}
 
 
 def test_ground_truth_masks_train_only_the_upper_bound(tmp_path):

@@ -23,6 +23,7 @@ STAGES = {
     "retrieval": "one proposal per peak -> pseudo masks (select, gather)",
     "irnet": "IRNet: CAMs, relations, boundary + displacement -> pseudo masks "
              "(cams, relations, train, instances, gather)",
+    "verification": "the classifier checks each pseudo mask; confidences rescored (rescore)",
     "maskrcnn": "Mask R-CNN on pseudo masks (train, predict)",
     "evaluation": "mAP, COCO AP and ABO against ground truth (score, export-coco)",
     "upper_bound": "evaluation side: ground-truth masks as a training store (gt-masks)",

@@ -316,6 +316,15 @@ class StoreReader:
                     out[name] = ds[()]
         return out
 
+    def read_parts(self, image_id):
+        """(arrays, attrs) of one image: `read`'s dict split in two, for a stage that rewrites
+        a store image by image (attrs include image_id, height and width)."""
+        entry = self.read(image_id)
+        where = f"/images/{image_key(image_id)}"
+        with self.checked(f"group {where}"):
+            names = list(self._images[image_key(image_id)].keys())
+        return {name: entry.pop(name) for name in names}, entry
+
 
 def writer_of(kind, attrs):
     """(rule, `tag2mask` command) that writes a store of `kind` with root `attrs`; (None,

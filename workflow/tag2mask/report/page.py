@@ -167,6 +167,11 @@ def stage_rows(inputs):
                  "masks per image", per_image, why))
     rows.append((f"Pseudo masks ({pseudo_mask_method(inputs.pseudo_masks)})",
                  "median confidence", _fraction(figures and figures["median_score"]), why))
+    why = why if not figures else "verification is off (config verification.enabled)"
+    for key, measure in (
+            ("median_verification", "median classifier probability of the mask's class"),
+            ("lowered", "share of masks whose confidence it lowered")):
+        rows.append(("Verification", measure, _fraction(figures and figures.get(key)), why))
     return rows
 
 

@@ -205,21 +205,31 @@ def pseudo_mask_method(part):
 
 
 def pseudo_mask_figures(part):
-    """{images, instances, median score} of a pseudo-mask store, or None when not available."""
+    """{images, instances, median score; verified, median verification score, share of masks
+    whose confidence verification lowered} of a pseudo-mask store, or None when not
+    available."""
     if not part.available:
         return None
     import numpy as np
 
     from ..core.store import StoreReader
 
-    scores = []
+    scores, verification = [], []
     with StoreReader(part.path, "pseudo_masks") as s:
         ids = s.image_ids
+        verified = "verification" in s.attrs
         for image_id in ids:
-            scores.append(np.asarray(s.read(image_id, ["scores"])["scores"], np.float64))
+            entry = s.read(image_id, ["scores", "verification_scores"] if verified
+                           else ["scores"])
+            scores.append(np.asarray(entry["scores"], np.float64))
+            verification.append(np.asarray(entry.get("verification_scores", []), np.float64))
+        lowered = int(s.attrs.get("count_verified_masks_lowered", 0))
     scores = np.concatenate(scores) if scores else np.zeros(0)
-    return {"images": len(ids), "instances": len(scores),
-            "median_score": float(np.median(scores)) if len(scores) else None}
+    verification = np.concatenate(verification) if verification else np.zeros(0)
+    median = lambda x: float(np.median(x)) if len(x) else None
+    return {"images": len(ids), "instances": len(scores), "median_score": median(scores),
+            "verified": verified, "median_verification": median(verification),
+            "lowered": lowered / len(scores) if verified and len(scores) else None}
 
 
 def read_merge_stats(part):
