@@ -17,7 +17,7 @@ from tag2mask.verification.rescore import (
     verification_scores,
 )
 
-OPTIONS = {"margin": 0.15, "input_size": 32, "batch_size": 2}
+OPTIONS = {"margin": 0.15, "input_size": 32, "batch_size": 2, "skip_below": 0.0}
 
 
 class RedDetector(nn.Module):
@@ -98,7 +98,7 @@ def test_rescore_store_replaces_scores_and_keeps_everything_else(tmp_path):
     manifest, store = write_case(tmp_path)
     out = tmp_path / "verified.h5"
     counts = rescore_store(store, manifest, RedDetector(), OPTIONS, out, progress=False)
-    assert list(counts) == [2, 1, 1]  # the patch fell, the square rose
+    assert list(counts) == [2, 1, 1, 0]  # the patch fell, the square rose
     with StoreReader(out, "pseudo_masks") as r, StoreReader(store, "pseudo_masks") as before:
         assert r.attrs["method"] == "consensus" and r.attrs["config_digest"] == "abc"
         assert r.attrs["count_verified_masks_lowered"] == 1
@@ -108,6 +108,18 @@ def test_rescore_store_replaces_scores_and_keeps_everything_else(tmp_path):
         assert np.array_equal(new["unverified_scores"], old["scores"])
         assert np.allclose(new["scores"], np.sqrt(old["scores"] * new["verification_scores"]))
         assert new["scores"][0] > new["scores"][1]
+
+
+def test_masks_below_skip_below_keep_their_score_unseen(tmp_path):
+    manifest, store = write_case(tmp_path)  # scores 0.4 (the square), 0.6 (the patch)
+    out = tmp_path / "verified.h5"
+    counts = rescore_store(store, manifest, RedDetector(), {**OPTIONS, "skip_below": 0.5}, out,
+                           progress=False)
+    assert list(counts) == [2, 1, 0, 1]  # the patch shown and lowered, the square not shown
+    with StoreReader(out, "pseudo_masks") as r:
+        entry = r.read("img")
+    assert entry["scores"][0] == np.float32(0.4) and np.isnan(entry["verification_scores"][0])
+    assert entry["scores"][1] < 0.1 and entry["verification_scores"][1] < 0.01
 
 
 def test_rescore_store_names_an_image_of_the_wrong_size(tmp_path):
@@ -120,7 +132,7 @@ def test_rescore_store_names_an_image_of_the_wrong_size(tmp_path):
 
 
 def test_report_shows_what_verification_did(tmp_path):
-    from tag2mask.report.page import stage_rows
+    from tag2mask.report.page import VERIFICATION_MEDIAN, stage_rows
     from tag2mask.report.readers import Part, ReportInputs
 
     manifest, store = write_case(tmp_path)
@@ -129,8 +141,7 @@ def test_report_shows_what_verification_did(tmp_path):
     rows = {(stage, measure): value for stage, measure, value, _ in stage_rows(
         ReportInputs(manifest=tmp_path / "manifest.json", pseudo_masks=Part(out)))}
     assert rows[("Verification", "share of masks whose confidence it lowered")] == "0.500"
-    verification = float(rows[("Verification",
-                               "median classifier probability of the mask's class")])
+    verification = float(rows[("Verification", VERIFICATION_MEDIAN)])
     assert 0.45 < verification < 0.55  # the median of about 1 (the square) and 0 (the patch)
     # an unverified store: the rows say why they are empty
     rows = {(stage, measure): (value, why) for stage, measure, value, why in stage_rows(

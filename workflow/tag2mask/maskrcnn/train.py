@@ -247,8 +247,10 @@ def _train(options, store_path, manifest_path, out_dir, progress, group):
     dataset = PseudoMaskDataset(store_path, manifest, options["empty_images"], options["flip"],
                                 min_score=options["min_score"])
     if len(dataset) == 0:
-        raise InputError(store_path, "no training images: no image has a pseudo mask "
-                                     "(and maskrcnn.empty_images is 'skip')")
+        raise InputError(store_path, "no training images: no image has a pseudo mask with "
+                                     f"a confidence of at least maskrcnn.min_score "
+                                     f"{options['min_score']} (and maskrcnn.empty_images is "
+                                     "'skip')")
     class_names = dataset.class_names
     store_sha = file_sha256(store_path)
     identity = digest({"options": {k: v for k, v in options.items() if k not in NOT_TRAINING},

@@ -131,6 +131,9 @@ def _fraction(x):
     return None if x is None else f"{x:.3f}"
 
 
+VERIFICATION_MEDIAN = "median classifier probability of the mask's class (masks shown to it)"
+
+
 def stage_rows(inputs):
     """(stage, measure, value or None, why missing) per stage: what each stage delivered,
     so a weak result can be traced to the stage that lost it."""
@@ -169,7 +172,7 @@ def stage_rows(inputs):
                  "median confidence", _fraction(figures and figures["median_score"]), why))
     why = why if not figures else "verification is off (config verification.enabled)"
     for key, measure in (
-            ("median_verification", "median classifier probability of the mask's class"),
+            ("median_verification", VERIFICATION_MEDIAN),
             ("lowered", "share of masks whose confidence it lowered")):
         rows.append(("Verification", measure, _fraction(figures and figures.get(key)), why))
     return rows

@@ -226,6 +226,7 @@ def pseudo_mask_figures(part):
         lowered = int(s.attrs.get("count_verified_masks_lowered", 0))
     scores = np.concatenate(scores) if scores else np.zeros(0)
     verification = np.concatenate(verification) if verification else np.zeros(0)
+    verification = verification[~np.isnan(verification)]  # NaN: not shown (skip_below)
     median = lambda x: float(np.median(x)) if len(x) else None
     return {"images": len(ids), "instances": len(scores), "median_score": median(scores),
             "verified": verified, "median_verification": median(verification),

@@ -16,6 +16,11 @@ The verification score is the classifier's probability (sigmoid of its class sco
 mask's class, averaged over the two views. The mask's new confidence is the geometric mean of
 its old confidence and that verification score, so a mask that the classifier does not
 recognise loses confidence, and a mask that it does keeps or gains some.
+
+Masks whose confidence is below `skip_below` are not shown to the classifier (on a CPU the
+views are most of a run's cost): they keep their confidence, and their verification score is
+NaN. With the default cut-off of Mask R-CNN's training (maskrcnn.min_score 0.5), a mask below
+0.25 cannot reach it whatever the classifier says (the geometric mean of 0.25 and 1 is 0.5).
 """
 
 import logging
@@ -78,24 +83,31 @@ def combined_scores(scores, verification):
     return np.sqrt(np.clip(scores, 0, None) * np.clip(verification, 0, None)).astype(np.float32)
 
 
-def rescore_image(model, rgb, entry, size, margin, batch_size, device, score_upsample=1):
+def rescore_image(model, rgb, entry, options, device="cpu", score_upsample=1):
     """(scores, verification) of one image's pseudo masks (`entry`: a store entry with masks,
-    labels and scores)."""
+    labels and scores; `options`: the verification section with input_size set). Masks below
+    options["skip_below"] keep their score; their verification is NaN."""
     h, w = int(entry["height"]), int(entry["width"])
     if rgb.shape[:2] != (h, w):
         raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]}, the store says {w}x{h}")
-    labels = np.asarray(entry["labels"], np.int64)
-    masks = decode(entry["masks"], h, w)
-    verification = verification_scores(model, rgb, masks, labels, size, margin, batch_size,
-                                       device, score_upsample)
-    return combined_scores(np.asarray(entry["scores"], np.float32), verification), verification
+    scores = np.asarray(entry["scores"], np.float32)
+    shown = np.flatnonzero(scores >= options["skip_below"])
+    verification = np.full(len(scores), np.nan, np.float32)
+    verification[shown] = verification_scores(
+        model, rgb, decode([entry["masks"][i] for i in shown], h, w),
+        np.asarray(entry["labels"], np.int64)[shown], options["input_size"], options["margin"],
+        options["batch_size"], device, score_upsample)
+    rescored = scores.copy()
+    rescored[shown] = combined_scores(scores[shown], verification[shown])
+    return rescored, verification
 
 
 def rescore_store(store_path, manifest, model, options, out_path, device="cpu",
                   score_upsample=1, progress=True):
-    """A copy of the pseudo-mask store at `store_path` with every mask rescored: `scores`
-    becomes the combined confidence, the old one is kept as `unverified_scores` and the
-    classifier's as `verification_scores`; everything else is copied as it is."""
+    """A copy of the pseudo-mask store at `store_path` with its masks rescored (those below
+    `skip_below` keep their score): `scores` becomes the combined confidence, the old one is
+    kept as `unverified_scores` and the classifier's as `verification_scores`; everything else
+    is copied as it is."""
     from tqdm import tqdm
 
     from ..core.errors import InputError
@@ -103,7 +115,6 @@ def rescore_store(store_path, manifest, model, options, out_path, device="cpu",
     from ..dataset.images import load_rgb
 
     records = {r.id: r for r in manifest.images}
-    size = options["input_size"]
     with StoreReader(store_path, "pseudo_masks") as store:
         if list(store.class_names) != list(manifest.classes):
             raise InputError(store_path, f"class names {store.class_names} differ from the "
@@ -111,7 +122,7 @@ def rescore_store(store_path, manifest, model, options, out_path, device="cpu",
         root = {k: v for k, v in store.attrs.items()
                 if k not in ("format", "kind", "format_version", "class_names", "config_digest")}
         root["verification"] = "classifier views " + "+".join(VIEWS)
-        counts = np.zeros(3, np.int64)  # masks, masks whose confidence fell, rose
+        counts = np.zeros(4, np.int64)  # masks, masks whose confidence fell, rose, not shown
         with StoreWriter(out_path, "pseudo_masks", store.class_names,
                          config_digest=store.attrs.get("config_digest", ""), attrs=root) as out:
             for image_id in tqdm(store.image_ids, desc="verification", disable=not progress):
@@ -121,19 +132,20 @@ def rescore_store(store_path, manifest, model, options, out_path, device="cpu",
                 entry = {**arrays, "height": attrs["height"], "width": attrs["width"]}
                 rgb = load_rgb(records[image_id].path)
                 try:
-                    scores, verification = rescore_image(
-                        model, rgb, entry, size, options["margin"], options["batch_size"],
-                        device, score_upsample)
+                    scores, verification = rescore_image(model, rgb, entry, options, device,
+                                                         score_upsample)
                 except ValueError as e:
                     raise InputError(records[image_id].path, str(e)) from None
                 old = np.asarray(arrays["scores"], np.float32)
-                counts += [len(old), int((scores < old).sum()), int((scores > old).sum())]
+                counts += [len(old), int((scores < old).sum()), int((scores > old).sum()),
+                           int(np.isnan(verification).sum())]
                 arrays.update(scores=scores, unverified_scores=old,
                               verification_scores=verification)
                 out.add(image_id, attrs.pop("height"), attrs.pop("width"), arrays,
                         {k: v for k, v in attrs.items() if k != "image_id"})
             for name, n in zip(("verified_masks", "verified_masks_lowered",
-                                "verified_masks_raised"), counts):
+                                "verified_masks_raised", "verified_masks_skipped"), counts):
                 out.file.attrs[f"count_{name}"] = int(n)
-    log.info("%d masks verified: confidence lowered for %d, raised for %d", *counts)
+    log.info("%d masks: confidence lowered for %d, raised for %d; %d below skip_below not "
+             "shown to the classifier", *counts)
     return counts
