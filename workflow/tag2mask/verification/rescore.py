@@ -54,8 +54,9 @@ def mask_views(rgb, mask, size, margin, fill):
 
 
 def _resize(image, size):
+    # antialiased like the classifier's training resize (PIL bilinear) when it shrinks
     return F.interpolate(image[None], size=(size, size), mode="bilinear",
-                         align_corners=False)[0]
+                         align_corners=False, antialias=True)[0]
 
 
 @torch.no_grad()
