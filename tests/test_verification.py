@@ -110,6 +110,17 @@ def test_rescore_store_replaces_scores_and_keeps_everything_else(tmp_path):
         assert new["scores"][0] > new["scores"][1]
 
 
+def test_a_damaged_verified_store_names_the_verify_rule(tmp_path):
+    from tag2mask.core.store import writer_of
+
+    manifest, store = write_case(tmp_path)
+    out = tmp_path / "verified.h5"
+    rescore_store(store, manifest, RedDetector(), OPTIONS, out, progress=False)
+    with StoreReader(out, "pseudo_masks") as r, StoreReader(store, "pseudo_masks") as before:
+        assert writer_of("pseudo_masks", r.attrs) == ("verify", "verification rescore")
+        assert writer_of("pseudo_masks", before.attrs) == ("retrieve", "retrieval select")
+
+
 def test_masks_below_skip_below_keep_their_score_unseen(tmp_path):
     manifest, store = write_case(tmp_path)  # scores 0.4 (the square), 0.6 (the patch)
     out = tmp_path / "verified.h5"

@@ -47,7 +47,7 @@ STR_CRC = "str_attrs_crc32"  # CRC-32 of an object's string attrs (see the modul
 # not there is checked before reading, outside `checked`)
 _READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError, KeyError)
 # The stage that writes each kind (the remedy a damaged store's error names); pseudo-mask
-# stores have three writers, told apart by their root attrs (see `writer_of`)
+# stores have four writers, told apart by their root attrs (see `writer_of`)
 WRITERS = {
     "peaks": ("extract_peaks", "peaks extract"),
     "proposals": ("propose", "proposals make"),
@@ -333,6 +333,8 @@ def writer_of(kind, attrs):
         return "gt_training_masks", "upper_bound gt-masks"
     if kind == "pseudo_masks" and "merge_stats" in attrs:
         return "self_training_masks", "self_training masks"
+    if kind == "pseudo_masks" and "verification" in attrs:
+        return "verify", "verification rescore"
     if kind == "proposals" and attrs.get("method") == "external":
         return "propose", "proposals import"
     return WRITERS.get(kind, (None, None))
