@@ -84,18 +84,11 @@ def add_actions(actions):
 
 
 def run_cams(args):
-    from ..classifier.model import load_classifier
-    from ..core.config import section_options
-    from ..core.devices import resolve_device
+    from ..classifier.model import load_for_stage
     from ..core.shards import select_shard
-    from ..dataset.manifest import read_manifest
     from .class_maps import write_cams
 
-    set_threads(args.threads)
-    options = section_options(args.config, "irnet")
-    manifest = read_manifest(args.manifest)
-    device = resolve_device(options["device"], "irnet.device")
-    model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
+    options, manifest, device, model, meta = load_for_stage(args, "irnet")
     input_size = options["input_size"] or meta["input_size"]
     records, _ = select_shard(manifest, ["train"], args.shard, args.num_shards, "irnet")
     log.info("shard %d/%d: %d images on %s, input %d px, classifier %s (%s)", args.shard,

@@ -22,7 +22,6 @@ from ..core.cli_args import (
     add_progress,
     add_shard,
     add_threads,
-    set_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -51,20 +50,13 @@ def add_actions(actions):
 
 
 def run_extract(args):
-    from ..classifier.model import load_classifier
-    from ..core.config import section_options
+    from ..classifier.model import load_for_stage
     from ..core.cpu_memory import keep_freed_memory
-    from ..core.devices import resolve_device
     from ..core.shards import select_shard
-    from ..dataset.manifest import read_manifest
     from .extract import extract, resolve_response_layer
 
     keep_freed_memory()  # the batched backward's large tensors: no page faults on each reuse
-    set_threads(args.threads)
-    options = section_options(args.config, "peaks")
-    manifest = read_manifest(args.manifest)
-    device = resolve_device(options["device"], "peaks.device")
-    model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
+    options, manifest, device, model, meta = load_for_stage(args, "peaks")
     model.requires_grad_(False)  # only input gradients are needed
     input_size = options["input_size"] or meta["input_size"]
     options["response_layer"] = resolve_response_layer(options["response_layer"],

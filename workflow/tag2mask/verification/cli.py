@@ -19,7 +19,6 @@ from ..core.cli_args import (
     add_manifest,
     add_progress,
     add_threads,
-    set_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -38,17 +37,10 @@ def add_actions(actions):
 
 
 def run_rescore(args):
-    from ..classifier.model import load_classifier
-    from ..core.config import section_options
-    from ..core.devices import resolve_device
-    from ..dataset.manifest import read_manifest
+    from ..classifier.model import load_for_stage
     from .rescore import rescore_store
 
-    set_threads(args.threads)
-    options = section_options(args.config, "verification")
-    manifest = read_manifest(args.manifest)
-    device = resolve_device(options["device"], "verification.device")
-    model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
+    options, manifest, device, model, meta = load_for_stage(args, "verification")
     options["input_size"] = options["input_size"] or meta["input_size"]
     log.info("%s: classifier %s (%s) at %d px on %s", args.store, args.checkpoint,
              meta["backbone"], options["input_size"], device)
