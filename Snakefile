@@ -6,7 +6,7 @@
 import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -14,32 +14,34 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
-# The package's check first: its error is one line naming the key (snakemake's validate
-# prints the whole schema with it); snakemake's validate then fills in the defaults.
+# The package's check: renamed keys moved (with a warning), the config validated against the
+# schema (the error is one line naming the key) and completed with its defaults.
 sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not pip-installed
-from tag2mask.core.config import check_config_paths, validate_config  # noqa: E402
+from tag2mask.core.config import check_config_paths, complete_config  # noqa: E402
 from tag2mask.core.errors import InputError  # noqa: E402
 
 try:
-    validate_config(config, where="workflow config")
+    _complete = complete_config(config, where="workflow config")
+    # Dataset roots, annotation files, image folders, weights files: a wrong path stops the
+    # workflow here (snakemake -n too), naming the config key; relative to the working
+    # directory.
+    check_config_paths(_complete, where="workflow config")
 except InputError as e:
     raise WorkflowError(str(e)) from None
-validate(config, "config/schema.yaml")
-# Dataset roots, annotation files, image folders, weights files: a wrong path stops the
-# workflow here (snakemake -n too), naming the config key; relative to the working directory.
-try:
-    check_config_paths(config, where="workflow config")
-except InputError as e:
-    raise WorkflowError(str(e)) from None
+config.clear()
+config.update(_complete)
 
 
+# Each rule file after common.smk is one stage (gather.smk: the gather rule they share); their
+# order does not matter (common.smk's functions join what they say the run makes).
 include: "rules/common.smk"
+include: "rules/gather.smk"
 include: "rules/dataset.smk"
 include: "rules/classifier.smk"
 include: "rules/peaks.smk"
 include: "rules/proposals.smk"
-include: "rules/retrieval.smk"
 include: "rules/irnet.smk"
+include: "rules/pseudo_masks.smk"
 include: "rules/verification.smk"
 include: "rules/maskrcnn.smk"
 include: "rules/upper_bound.smk"
@@ -51,12 +53,4 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        MANIFEST,
-        f"{RUN}/classifier/classifier.pt",
-        PROPOSALS_TARGET if PSEUDO_MASKS_METHOD == "retrieval" else [],
-        PEAKS_TARGET,
-        PSEUDO_MASKS,
-        [f"{RUN}/pseudo_masks/evaluation.json"] if HAS_GT else [],
-        MASKRCNN_TARGET,
-        REPORT_TARGET,
-        PREDICT_TARGET,  # masks for new images: only with --config predict_images=DIR
+        lambda w: all_targets(),

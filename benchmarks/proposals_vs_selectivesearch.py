@@ -138,7 +138,7 @@ from tag2mask.proposals.superpixels import upsample_labels
 
 DEFAULT_VOC = REPO.parent / "shared" / "data" / "voc-mini"
 # one grouping (one colour space, one scale, one similarity mix), like the package
-SINGLE = {"colour_spaces": ["hsv"], "scales": [100], "strategies": ["CTSF"]}
+SINGLE = {"builtin": {"colour_spaces": ["hsv"], "scales": [100], "strategies": ["CTSF"]}}
 GOAL_SPEEDUP = 10.0
 # OpenCV's selective search modes (cv2.ximgproc.segmentation)
 OPENCV_MODES = {"fast": "switchToSelectiveSearchFast",
@@ -300,8 +300,10 @@ def run_selectivesearch(images, scale=500, sigma=0.9, min_size=10, size=None):
 
 
 def settings_of(source):
-    """The `proposals` options (inline JSON or a config YAML) with schema defaults."""
-    return section_options(source, "proposals")
+    """The generator's settings of `proposals` options (inline JSON or a config YAML) with
+    schema defaults: proposals.builtin and max_proposals, as one flat dict."""
+    options = section_options(source, "proposals")
+    return {**options["builtin"], "max_proposals": options["max_proposals"]}
 
 
 def package_runs(args, set_name, images, working_size):

@@ -9,25 +9,27 @@ rule train_classifier:
     input:
         manifest=MANIFEST,
     output:
-        checkpoint=f"{RUN}/classifier/classifier.pt",
+        checkpoint=CLASSIFIER,
         log=f"{RUN}/classifier/log.jsonl",
     params:
-        options=options("classifier"),
+        **action_params("classifier train"),
         out_dir=lambda w, output: os.path.dirname(output.checkpoint),
-        code=code("classifier.cli:run_train"),
     log:
-        f"{RUN}/logs/train_classifier.log",
+        log_file("train_classifier"),
     benchmark:
-        f"{RUN}/benchmarks/train_classifier.tsv"
+        benchmark_file("train_classifier")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     threads: 2
+    priority: 50  # everything but the dataset waits for it
     resources:
-        mem_mb=lambda wc, attempt: 8000 * attempt,
-        runtime=lambda wc, attempt: 12 * 60 * attempt,
-        gpu=training_gpus("classifier"),
-        processes=training_processes("classifier"),
+        **job_resources(8000, 12 * 60, gpu=training_gpus("classifier"),
+                        processes=training_processes("classifier")),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli classifier train --manifest {input.manifest:q} "
-        "--config {params.options:q} --out-dir {params.out_dir:q} --threads {threads} "
-        "--processes {resources.processes} --no-progress > {log:q} 2>&1"
+        tag2mask("classifier train --manifest {input.manifest:q} --config {params.options:q} "
+                 "--out-dir {params.out_dir:q} --threads {threads} "
+                 "--processes {resources.processes} --no-progress")
+
+
+CLASSIFIER_TARGETS = [CLASSIFIER]
+CLASSIFIER_REPORT_INPUTS = {"classifier_log": f"{RUN}/classifier/log.jsonl"}

@@ -7,18 +7,20 @@ rule prepare_dataset:
         manifest=MANIFEST,
         gt=expand(f"{DATA}/gt/{{split}}.json", split=GT_SPLITS),
     params:
-        options=options("dataset"),
+        **action_params("dataset prepare"),
         out_dir=lambda w, output: os.path.dirname(output.manifest),
-        code=code("dataset.cli:run_prepare"),
     log:
-        f"{RUN}/logs/prepare_dataset.log",
+        log_file("prepare_dataset"),
     benchmark:
-        f"{RUN}/benchmarks/prepare_dataset.tsv"
+        benchmark_file("prepare_dataset")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     resources:
-        mem_mb=lambda wc, attempt: 4000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        **job_resources(4000, 60),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli dataset prepare --config {params.options:q} "
-        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
+        tag2mask("dataset prepare --config {params.options:q} --out-dir {params.out_dir:q}")
+
+
+DATASET_TARGETS = [MANIFEST]
+DATASET_REPORT_INPUTS = {"manifest": MANIFEST,
+                         **{f"gt_{s}": f"{DATA}/gt/{s}.json" for s in GT_SPLITS}}

@@ -17,21 +17,19 @@ if HAS_GT:
         output:
             f"{RUN}/pseudo_masks/evaluation.json",
         params:
-            options=options("evaluation"),
-            code=code("evaluation.cli:run_score"),
+            **action_params("evaluation score"),
         log:
-            f"{RUN}/logs/evaluate_pseudo_masks.log",
+            log_file("evaluate_pseudo_masks"),
         benchmark:
-            f"{RUN}/benchmarks/evaluate_pseudo_masks.tsv"
+            benchmark_file("evaluate_pseudo_masks")
         conda:
-            "../envs/tag2mask.yaml"
+            ENV
         resources:
-            mem_mb=lambda wc, attempt: 4000 * attempt,
-            runtime=lambda wc, attempt: 30 * attempt,
+            **job_resources(4000, 30),
         shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluation score --gt {input.gt:q} "
-            "--predictions {input.predictions:q} --manifest {input.manifest:q} "
-            "--config {params.options:q} --out {output:q} > {log:q} 2>&1"
+            tag2mask("evaluation score --gt {input.gt:q} --predictions {input.predictions:q} "
+                     "--manifest {input.manifest:q} --config {params.options:q} "
+                     "--out {output:q}")
 
     rule evaluate_predictions:
         input:
@@ -40,19 +38,26 @@ if HAS_GT:
             predictions=f"{RUN}/{{model}}/predictions_{{split}}.json",
         output:
             f"{RUN}/{{model}}/evaluation_{{split}}.json",
+        wildcard_constraints:
+            model=MODELS,
+            split="train|val",
         params:
-            options=options("evaluation"),
-            code=code("evaluation.cli:run_score"),
+            **action_params("evaluation score"),
         log:
-            f"{RUN}/logs/evaluate_predictions/{{model}}_{{split}}.log",
+            log_file("evaluate_predictions/{model}_{split}"),
         benchmark:
-            f"{RUN}/benchmarks/evaluate_predictions/{{model}}_{{split}}.tsv"
+            benchmark_file("evaluate_predictions/{model}_{split}")
         conda:
-            "../envs/tag2mask.yaml"
+            ENV
         resources:
-            mem_mb=lambda wc, attempt: 4000 * attempt,
-            runtime=lambda wc, attempt: 30 * attempt,
+            **job_resources(4000, 30),
         shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli evaluation score --gt {input.gt:q} "
-            "--predictions {input.predictions:q} --manifest {input.manifest:q} "
-            "--config {params.options:q} --out {output:q} > {log:q} 2>&1"
+            tag2mask("evaluation score --gt {input.gt:q} --predictions {input.predictions:q} "
+                     "--manifest {input.manifest:q} --config {params.options:q} "
+                     "--out {output:q}")
+
+
+EVALUATION_REPORT_INPUTS = (
+    {"pseudo_eval": f"{RUN}/pseudo_masks/evaluation.json"} if HAS_GT else {}
+)
+EVALUATION_TARGETS = list(EVALUATION_REPORT_INPUTS.values())

@@ -1,55 +1,47 @@
 # Stage `maskrcnn` (tag2mask/maskrcnn/): Mask R-CNN trained on a pseudo-mask store, and its
 # predictions (COCO results JSON). One rule each for every model of a run, named by the
 # wildcard {model}, the model's folder under {RUN}:
-#   maskrcnn                 trained on retrieval's pseudo masks (the weakly supervised model)
+#   maskrcnn                 trained on the pseudo masks (the weakly supervised model)
 #   upper_bound              trained on ground-truth masks (upper_bound.smk, evaluation side)
 #   self_training/round_<r>  trained on self-training round r's pseudo masks
-# Each folder holds model.pt, log.jsonl, checkpoints/ and predictions_<split>.json. The
-# checkpoints are not rule outputs, so Snakemake keeps them when a killed job is rerun
-# (--rerun-incomplete) and training resumes after the last epoch. maskrcnn.processes > 1:
-# training on that many processes (torchrun) and GPUs (common.smk).
+# Which store each model trains on: the Snakefile's training_stores(), which joins what the
+# rule files say (maskrcnn_training_stores() here). Each folder holds model.pt, log.jsonl,
+# checkpoints/ and predictions_<split>.json. The checkpoints are not rule outputs, so Snakemake
+# keeps them when a killed job is rerun (--rerun-incomplete) and training resumes after the
+# last epoch. maskrcnn.processes > 1: that many processes (torchrun) and GPUs (common.smk).
 
-MASKRCNN = config["maskrcnn"]
-
-# model folder -> the store it trains on; upper_bound.smk and self_training.smk add theirs
-TRAINING_STORES = {"maskrcnn": PSEUDO_MASKS}
-
-
-wildcard_constraints:
-    model=r"maskrcnn|upper_bound|self_training/round_[1-9][0-9]*",
-    split="train|val",
+import re
 
 
 rule train_maskrcnn:
     input:
-        store=lambda w: TRAINING_STORES[w.model],
+        store=lambda w: training_stores()[w.model],
         manifest=MANIFEST,
     output:
         model=f"{RUN}/{{model}}/model.pt",
         log=f"{RUN}/{{model}}/log.jsonl",
+    wildcard_constraints:
+        model=MODELS,
     params:
-        options=options("maskrcnn"),
+        **action_params("maskrcnn train"),
         out_dir=lambda w, output: os.path.dirname(output.model),
-        code=code("maskrcnn.cli:run_train"),
     log:
-        f"{RUN}/logs/train_maskrcnn/{{model}}.log",
+        log_file("train_maskrcnn/{model}"),
     benchmark:
-        f"{RUN}/benchmarks/train_maskrcnn/{{model}}.tsv"
+        benchmark_file("train_maskrcnn/{model}")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     # One torch thread by default: on a CPU shared with other jobs (or with the DataLoader
     # workers), more intra-op threads made training several times slower here. A dedicated
     # CPU node can raise it: snakemake --set-threads train_maskrcnn=8.
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 16000 * attempt,
-        runtime=lambda wc, attempt: 24 * 60 * attempt,
-        gpu=training_gpus("maskrcnn"),
-        processes=training_processes("maskrcnn"),
+        **job_resources(16000, 24 * 60, gpu=training_gpus("maskrcnn"),
+                        processes=training_processes("maskrcnn")),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli maskrcnn train --store {input.store:q} "
-        "--manifest {input.manifest:q} --out-dir {params.out_dir:q} --config {params.options:q} "
-        "--threads {threads} --processes {resources.processes} --no-progress > {log:q} 2>&1"
+        tag2mask("maskrcnn train --store {input.store:q} --manifest {input.manifest:q} "
+                 "--out-dir {params.out_dir:q} --config {params.options:q} --threads {threads} "
+                 "--processes {resources.processes} --no-progress")
 
 
 rule predict:
@@ -58,36 +50,30 @@ rule predict:
         manifest=MANIFEST,
     output:
         f"{RUN}/{{model}}/predictions_{{split}}.json",
+    wildcard_constraints:
+        model=MODELS,
+        split="train|val",
     params:
-        options=options("maskrcnn"),
-        code=code("maskrcnn.cli:run_predict"),
+        **action_params("maskrcnn predict"),
     log:
-        f"{RUN}/logs/predict/{{model}}_{{split}}.log",
+        log_file("predict/{model}_{split}"),
     benchmark:
-        f"{RUN}/benchmarks/predict/{{model}}_{{split}}.tsv"
+        benchmark_file("predict/{model}_{split}")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     threads: 1  # as train_maskrcnn; --set-threads predict=N to change
     resources:
-        mem_mb=lambda wc, attempt: 8000 * attempt,
-        runtime=lambda wc, attempt: 120 * attempt,
-        gpu=int(MASKRCNN["device"] == "cuda"),
+        **job_resources(8000, 120, gpu=one_gpu("maskrcnn")),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli maskrcnn predict --checkpoint {input.model:q} "
-        "--manifest {input.manifest:q} --split {wildcards.split} --out {output:q} "
-        "--config {params.options:q} --threads {threads} --no-progress > {log:q} 2>&1"
-
-
-# what `rule all` asks of this stage
-MASKRCNN_TARGET = f"{RUN}/maskrcnn/predictions_{EVAL_SPLIT}.json"
+        tag2mask("maskrcnn predict --checkpoint {input.model:q} --manifest {input.manifest:q} "
+                 "--split {wildcards.split} --out {output:q} --config {params.options:q} "
+                 "--threads {threads} --no-progress")
 
 
 # Masks for new images (config key predict_images, e.g. --config predict_images=DIR): the
 # run's trained Mask R-CNN on every image in DIR, written to {RUN}/predict/<DIR's name>/ as
 # predictions.json (COCO results, `predictions.json.images.json` maps the image ids to file
 # names) and overlays/ (one PNG per image). Unreadable images are logged and skipped.
-import re
-
 PREDICT_FOLDERS = {}  # folder name -> the folder
 if config["predict_images"]:
     _folder = os.path.normpath(os.path.expanduser(str(config["predict_images"])))
@@ -105,24 +91,29 @@ rule predict_images:
     wildcard_constraints:
         folder="|".join(map(re.escape, PREDICT_FOLDERS)) or "(?!)",
     params:
-        options=options("maskrcnn"),
-        code=code("maskrcnn.cli:run_predict"),
+        **action_params("maskrcnn predict"),
     log:
-        f"{RUN}/logs/predict_images/{{folder}}.log",
+        log_file("predict_images/{folder}"),
     benchmark:
-        f"{RUN}/benchmarks/predict_images/{{folder}}.tsv"
+        benchmark_file("predict_images/{folder}")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     threads: 1  # as predict
     resources:
-        mem_mb=lambda wc, attempt: 8000 * attempt,
-        runtime=lambda wc, attempt: 120 * attempt,
-        gpu=int(MASKRCNN["device"] == "cuda"),
+        **job_resources(8000, 120, gpu=one_gpu("maskrcnn")),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli maskrcnn predict --checkpoint {input.model:q} "
-        "--images {input.images:q} --out {output.predictions:q} --overlays {output.overlays:q} "
-        "--config {params.options:q} --threads {threads} --no-progress > {log:q} 2>&1"
+        tag2mask("maskrcnn predict --checkpoint {input.model:q} --images {input.images:q} "
+                 "--out {output.predictions:q} --overlays {output.overlays:q} "
+                 "--config {params.options:q} --threads {threads} --no-progress")
 
 
-# what `rule all` asks of it: nothing unless predict_images is set
-PREDICT_TARGET = [f"{RUN}/predict/{name}/predictions.json" for name in PREDICT_FOLDERS]
+MASKRCNN_TRAINING_STORES = {"maskrcnn": PSEUDO_MASKS}
+MASKRCNN_TARGETS = [f"{RUN}/maskrcnn/predictions_{EVAL_SPLIT}.json",
+                    *(f"{RUN}/predict/{name}/predictions.json" for name in PREDICT_FOLDERS)]
+MASKRCNN_REPORT_INPUTS = {
+    "maskrcnn_log": f"{RUN}/maskrcnn/log.jsonl",
+    **({"predictions_val": f"{RUN}/maskrcnn/predictions_val.json"} if "val" in SPLITS else {}),
+    **({"maskrcnn_train_eval": f"{RUN}/maskrcnn/evaluation_train.json"} if HAS_GT else {}),
+    **({"maskrcnn_eval": f"{RUN}/maskrcnn/evaluation_val.json"}
+       if HAS_GT and "val" in SPLITS else {}),
+}

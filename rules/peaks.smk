@@ -3,44 +3,40 @@
 # store (rule gather, common.smk). Quality against ground truth (precision, instance recall,
 # duplicates) only with GT.
 
-PEAKS = config["peaks"]
-
 
 rule extract_peaks:
     input:
         manifest=MANIFEST,
-        checkpoint=f"{RUN}/classifier/classifier.pt",
+        checkpoint=CLASSIFIER,
     output:
         store=f"{RUN}/peaks/shards/{{shard}}.h5",
         panels=directory(f"{RUN}/peaks/panels/{{shard}}"),
     wildcard_constraints:
         shard=r"\d+",
     params:
-        options=options("peaks"),
+        **action_params("peaks extract"),
         num_shards=len(SHARDS),
-        code=code("peaks.cli:run_extract"),
     threads: 2
     log:
-        f"{RUN}/logs/extract_peaks/{{shard}}.log",
+        log_file("extract_peaks/{shard}"),
     benchmark:
-        f"{RUN}/benchmarks/extract_peaks/{{shard}}.tsv"
+        benchmark_file("extract_peaks/{shard}")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     resources:
-        mem_mb=lambda wc, attempt: 8000 * attempt,
-        runtime=lambda wc, attempt: 120 * attempt,
-        gpu=int(PEAKS["device"] == "cuda"),
+        **job_resources(8000, 120, gpu=one_gpu("peaks")),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli peaks extract --manifest {input.manifest:q} "
-        "--checkpoint {input.checkpoint:q} --config {params.options:q} "
-        "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output.store:q} "
-        "--panels {output.panels:q} --threads {threads} --no-progress > {log:q} 2>&1"
+        tag2mask("peaks extract --manifest {input.manifest:q} --checkpoint {input.checkpoint:q} "
+                 "--config {params.options:q} --shard {wildcards.shard} "
+                 "--num-shards {params.num_shards} --out {output.store:q} "
+                 "--panels {output.panels:q} --threads {threads} --no-progress")
 
 
 # GT of the splits that have peaks (evaluation only)
-PEAKS_GT_SPLITS = [s for s in PEAKS["splits"] if s in GT_SPLITS]
+PEAKS_GT_SPLITS = [s for s in config["peaks"]["splits"] if s in GT_SPLITS]
 
-if HAS_GT and PEAKS_GT_SPLITS:
+
+if PEAKS_GT_SPLITS:
 
     rule evaluate_peaks:
         input:
@@ -49,20 +45,20 @@ if HAS_GT and PEAKS_GT_SPLITS:
         output:
             f"{RUN}/peaks/quality.json",
         params:
-            code=code("peaks.cli:run_evaluate"),
+            code=code_digest("peaks.cli:run_evaluate"),
         log:
-            f"{RUN}/logs/evaluate_peaks.log",
+            log_file("evaluate_peaks"),
         benchmark:
-            f"{RUN}/benchmarks/evaluate_peaks.tsv"
+            benchmark_file("evaluate_peaks")
         conda:
-            "../envs/tag2mask.yaml"
+            ENV
         resources:
-            mem_mb=lambda wc, attempt: 4000 * attempt,
-            runtime=lambda wc, attempt: 30 * attempt,
+            **job_resources(4000, 30),
         shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli peaks evaluate --peaks {input.peaks:q} "
-            "--gt {input.gt:q} --out {output:q} > {log:q} 2>&1"
+            tag2mask("peaks evaluate --peaks {input.peaks:q} --gt {input.gt:q} --out {output:q}")
 
 
-# what `rule all` asks of this stage
-PEAKS_TARGET = f"{RUN}/peaks/quality.json" if HAS_GT and PEAKS_GT_SPLITS else PEAKS_STORE
+# the peaks' quality file, where the run has ground truth of their splits
+PEAKS_QUALITY = {"peaks_quality": f"{RUN}/peaks/quality.json"} if PEAKS_GT_SPLITS else {}
+PEAKS_TARGETS = [*PEAKS_QUALITY.values()] or [PEAKS_STORE]
+PEAKS_REPORT_INPUTS = {"peaks": PEAKS_STORE, **PEAKS_QUALITY}

@@ -1,49 +1,41 @@
 # Stage `proposals` (tag2mask/proposals/): mask proposals per image (CPU only), sharded like
 # the peaks, then gathered (rule gather, common.smk). Built-in selective-search style grouping,
-# or imported from proposals.external_json. Quality against ground truth (ABO, recall) only
-# for datasets with GT.
+# or imported from proposals.external.json. Quality against ground truth (ABO, recall) only for
+# datasets with GT. Part of a run only when its pseudo-mask method reads the proposals.
 
 PROPOSALS = config["proposals"]
-# the external file is an input (a new file reruns the stage); with no path set, the
-# command itself stops with a clear error
-_EXTERNAL = (
-    [PROPOSALS["external_json"]]
-    if PROPOSALS["method"] == "external" and PROPOSALS["external_json"]
-    else []
-)
 
 
 rule propose:
     input:
         manifest=MANIFEST,
-        external=_EXTERNAL,
+        # a new external file reruns the stage; with none set, the command says so
+        external=[PROPOSALS["external"]["json"]] if PROPOSALS["external"]["json"] else [],
     output:
         f"{RUN}/proposals/shards/{{shard}}.h5",
     wildcard_constraints:
         shard=r"\d+",
     params:
-        options=options("proposals"),
+        **action_params("proposals make"),
         num_shards=len(SHARDS),
-        code=code("proposals.cli:run_make"),
     log:
-        f"{RUN}/logs/propose/{{shard}}.log",
+        log_file("propose/{shard}"),
     benchmark:
-        f"{RUN}/benchmarks/propose/{{shard}}.tsv"
+        benchmark_file("propose/{shard}")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     resources:
-        mem_mb=lambda wc, attempt: 4000 * attempt,
-        runtime=lambda wc, attempt: 120 * attempt,
+        **job_resources(4000, 120),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli proposals make --manifest {input.manifest:q} "
-        "--config {params.options:q} --shard {wildcards.shard} --num-shards {params.num_shards} "
-        "--out {output:q} > {log:q} 2>&1"
+        tag2mask("proposals make --manifest {input.manifest:q} --config {params.options:q} "
+                 "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output:q}")
 
 
 # GT of the splits that have proposals (pseudo masks are made for train images)
 PROPOSAL_GT_SPLITS = [s for s in PROPOSALS["splits"] if s in GT_SPLITS]
 
-if HAS_GT and PROPOSAL_GT_SPLITS:
+
+if PROPOSAL_GT_SPLITS:
 
     rule evaluate_proposals:
         input:
@@ -53,22 +45,23 @@ if HAS_GT and PROPOSAL_GT_SPLITS:
             f"{RUN}/proposals/quality.json",
         params:
             gt=lambda w, input: [f"{s}={p}" for s, p in zip(PROPOSAL_GT_SPLITS, input.gt)],
-            code=code("proposals.cli:run_evaluate"),
+            code=code_digest("proposals.cli:run_evaluate"),
         log:
-            f"{RUN}/logs/evaluate_proposals.log",
+            log_file("evaluate_proposals"),
         benchmark:
-            f"{RUN}/benchmarks/evaluate_proposals.tsv"
+            benchmark_file("evaluate_proposals")
         conda:
-            "../envs/tag2mask.yaml"
+            ENV
         resources:
-            mem_mb=lambda wc, attempt: 4000 * attempt,
-            runtime=lambda wc, attempt: 30 * attempt,
+            **job_resources(4000, 30),
         shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli proposals evaluate "
-            "--proposals {input.proposals:q} --gt {params.gt:q} --out {output:q} > {log:q} 2>&1"
+            tag2mask("proposals evaluate --proposals {input.proposals:q} --gt {params.gt:q} "
+                     "--out {output:q}")
 
 
-# what `rule all` asks of this stage
-PROPOSALS_TARGET = (
-    f"{RUN}/proposals/quality.json" if HAS_GT and PROPOSAL_GT_SPLITS else PROPOSALS_STORE
+# the proposals' quality file, where the run makes proposals and has their GT
+PROPOSALS_REPORT_INPUTS = (
+    {"proposals_quality": f"{RUN}/proposals/quality.json"}
+    if PROPOSALS_STORE in PSEUDO_MASK_INPUTS.values() and PROPOSAL_GT_SPLITS else {}
 )
+PROPOSALS_TARGETS = list(PROPOSALS_REPORT_INPUTS.values())

@@ -5,12 +5,10 @@
 # Mask R-CNN is then retrained from scratch on them with the same schedule, as the model
 # self_training/round_<r> of rules/maskrcnn.smk, and predicted and evaluated like round 0.
 
-
-# round r's model folder and pseudo-mask store (round 0: the Mask R-CNN stage's folder and
-# retrieval's store)
-round_dir = lambda r: f"{RUN}/maskrcnn" if int(r) == 0 else f"{ST}/round_{r}"
-round_store = lambda r: PSEUDO_MASKS if int(r) == 0 else f"{ST}/round_{r}/pseudo_masks.h5"
-TRAINING_STORES.update({f"self_training/round_{r}": round_store(r) for r in ROUNDS})
+# round r's model folder and pseudo-mask store (round 0: the Mask R-CNN stage's folder and the
+# pseudo masks)
+round_dir = lambda r: f"{RUN}/maskrcnn" if int(r) == 0 else f"{RUN}/self_training/round_{r}"
+round_store = lambda r: PSEUDO_MASKS if int(r) == 0 else f"{round_dir(r)}/pseudo_masks.h5"
 
 
 rule self_training_masks:
@@ -20,22 +18,31 @@ rule self_training_masks:
         peaks=PEAKS_STORE,
         manifest=MANIFEST,
     output:
-        f"{ST}/round_{{round}}/pseudo_masks.h5",
+        f"{RUN}/self_training/round_{{round}}/pseudo_masks.h5",
     wildcard_constraints:
         round=r"[1-9][0-9]*",
     params:
-        options=options("self_training"),
-        code=code("self_training.cli:run_masks"),
+        **action_params("self_training masks"),
     log:
-        f"{RUN}/logs/self_training_masks_{{round}}.log",
+        log_file("self_training_masks_{round}"),
     benchmark:
-        f"{RUN}/benchmarks/self_training_masks_{{round}}.tsv"
+        benchmark_file("self_training_masks_{round}")
     conda:
-        "../envs/tag2mask.yaml"
+        ENV
     resources:
-        mem_mb=lambda wc, attempt: 4000 * attempt,
-        runtime=lambda wc, attempt: 60 * attempt,
+        **job_resources(4000, 60),
     shell:
-        "\"$TAG2MASK_PYTHON\" -m tag2mask.cli self_training masks --predictions {input.predictions:q} "
-        "--peaks {input.peaks:q} --previous {input.previous:q} --manifest {input.manifest:q} "
-        "--config {params.options:q} --out {output:q} > {log:q} 2>&1"
+        tag2mask("self_training masks --predictions {input.predictions:q} "
+                 "--peaks {input.peaks:q} --previous {input.previous:q} "
+                 "--manifest {input.manifest:q} --config {params.options:q} --out {output:q}")
+
+
+SELF_TRAINING_TRAINING_STORES = {f"self_training/round_{r}": round_store(r) for r in ROUNDS}
+SELF_TRAINING_REPORT_INPUTS = {
+    name: path for r in ROUNDS for name, path in [
+        (f"round_store_{r}", round_store(r)),
+        (f"round_log_{r}", f"{round_dir(r)}/log.jsonl"),
+        *([(f"round_eval_{r}", f"{round_dir(r)}/evaluation_{EVAL_SPLIT}.json")] if HAS_GT
+          else []),
+    ]
+}

@@ -5,27 +5,33 @@
 # and nothing of the weakly supervised pipeline reads it (tests/test_upper_bound.py checks the
 # rules and the planned jobs). It is predicted and evaluated like the other models.
 
+UPPER_BOUND_STORE = f"{RUN}/upper_bound/gt_training_masks.h5"
+
 if UPPER_BOUND:
-    UB_STORE = f"{UB}/gt_training_masks.h5"
-    TRAINING_STORES["upper_bound"] = UB_STORE
 
     rule gt_training_masks:
         input:
             gt=f"{DATA}/gt/train.json",
             manifest=MANIFEST,
         output:
-            UB_STORE,
+            UPPER_BOUND_STORE,
         params:
-            code=code("upper_bound.cli:run_gt_masks"),
+            code=code_digest("upper_bound.cli:run_gt_masks"),
         log:
-            f"{RUN}/logs/gt_training_masks.log",
+            log_file("gt_training_masks"),
         benchmark:
-            f"{RUN}/benchmarks/gt_training_masks.tsv"
+            benchmark_file("gt_training_masks")
         conda:
-            "../envs/tag2mask.yaml"
+            ENV
         resources:
-            mem_mb=lambda wc, attempt: 4000 * attempt,
-            runtime=lambda wc, attempt: 30 * attempt,
+            **job_resources(4000, 30),
         shell:
-            "\"$TAG2MASK_PYTHON\" -m tag2mask.cli upper_bound gt-masks --gt {input.gt:q} "
-            "--manifest {input.manifest:q} --out {output:q} > {log:q} 2>&1"
+            tag2mask("upper_bound gt-masks --gt {input.gt:q} --manifest {input.manifest:q} "
+                     "--out {output:q}")
+
+
+UPPER_BOUND_TRAINING_STORES = {"upper_bound": UPPER_BOUND_STORE} if UPPER_BOUND else {}
+UPPER_BOUND_REPORT_INPUTS = (
+    {"upper_bound_eval": f"{RUN}/upper_bound/evaluation_{EVAL_SPLIT}.json",
+     "upper_bound_log": f"{RUN}/upper_bound/log.jsonl"} if UPPER_BOUND else {}
+)

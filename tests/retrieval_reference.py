@@ -1,10 +1,12 @@
-"""The straightforward retrieval: the correctness reference for the vectorised
-tag2mask.retrieval.select.select. Used by tests/test_retrieval.py and
+"""The straightforward retrieval: the correctness reference for the vectorised rules prm and
+wise (tag2mask.retrieval.select.select). Used by tests/test_retrieval.py and
 benchmarks/retrieval_vectorised.py (which puts tests/ on sys.path); not part of the package."""
 
 import numpy as np
 from scipy import ndimage
 
+from tag2mask.retrieval.prm import background as prm_background
+from tag2mask.retrieval.prm import footprint as prm_footprint
 from tag2mask.retrieval.select import Selection
 
 
@@ -20,8 +22,10 @@ def select_reference_loop(inp, options):
     o = options
     masks = inp.masks.numpy()
     response = inp.response.numpy().astype(np.float64)
-    background = inp.background.numpy()
-    footprint = np.ones((inp.contour_size, inp.contour_size), bool)
+    if o["method"] == "prm":
+        background = prm_background(inp, o).numpy()
+        size = prm_footprint(inp, o)
+        footprint = np.ones((size, size), bool)
     n_peaks = len(inp.peak_class)
     proposal = np.full(n_peaks, -1)
     score = np.full(n_peaks, -np.inf)
@@ -36,8 +40,9 @@ def select_reference_loop(inp, options):
                 u8 = s.astype(np.uint8)
                 contour = (ndimage.grey_dilation(u8, footprint=footprint)
                            > ndimage.grey_erosion(u8, footprint=footprint))
-                value = (o["a"] * response[p][s].sum() + response[p][contour].sum()
-                         - o["b"] * inp.pixel_area * np.count_nonzero(background[p] & s))
+                a, b = o["prm"]["a"], o["prm"]["b"]
+                value = (a * response[p][s].sum() + response[p][contour].sum()
+                         - b * inp.pixel_area * np.count_nonzero(background[p] & s))
             else:
                 if not inp.covers[m, p]:
                     continue

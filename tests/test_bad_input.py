@@ -51,7 +51,7 @@ Damaged files (issue 14), each made the way the issue found it:
                                        -> peaks extract, Mask R-CNN -> maskrcnn predict),
                                        test_damaged_training_checkpoint_is_not_resumed
 - HDF5 store with 2 KB overwritten mid-file .. test_damaged_store_is_one_line (peaks or
-                                       proposals -> retrieval select, a shard -> gather);
+                                       proposals -> pseudo_masks make, a shard -> gather);
                                        every offset: test_store.py
 - dataset path that does not exist ........... test_config_paths_are_checked_when_parsed
                                        (snakemake -n names the key and the path)
@@ -782,7 +782,8 @@ def test_schema_descriptions_are_not_split_by_commas():
     keywords = {"type", "default", "description", "properties", "additionalProperties", "enum",
                 "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items",
                 "minItems", "maxItems", "pattern", "oneOf", "anyOf", "const", "uniqueItems",
-                "propertyNames"}
+                "propertyNames", "x-read-by", "x-rerun", "x-identity", "x-selector",
+                "x-registry"}
 
     def walk(schema, where):
         for key, sub in schema.get("properties", {}).items():
@@ -935,7 +936,7 @@ def stores(tmp_path_factory, classifier):
     manifest = build_manifest(folder, n_images=6, size=(48, 40))
     checkpoint, peaks = classifier
     assert extract_peaks(manifest, checkpoint, peaks, folder / "peaks.h5") == 0
-    options = json.dumps({"max_proposals": 20, "working_size": 48})
+    options = json.dumps({"max_proposals": 20, "builtin": {"working_size": 48}})
     for i in range(2):
         assert main(["proposals", "make", "--manifest", str(manifest), "--config", options,
                      "--shard", str(i), "--num-shards", "2",
@@ -959,12 +960,13 @@ def test_damaged_store_is_one_line(tmp_path, stores, damaged, rule):
         path.write_bytes((folder / name).read_bytes())
     overwrite_mid_file(inputs[damaged])
     out = tmp_path / "pseudo.h5"
-    rc, err = run_cli("retrieval", "select", "--peaks", inputs["peaks.h5"], "--proposals",
-                      inputs["proposals.h5"], "--manifest", manifest, "--config", "{}",
-                      "--out", out)
+    rc, err = run_cli("pseudo_masks", "make", "--method", "retrieval", "--input",
+                      f"peaks={inputs['peaks.h5']}", f"proposals={inputs['proposals.h5']}",
+                      "--manifest", manifest, "--config", "{}", "--out", out)
     assert rc == 2
-    line = error_line(err, "retrieval select")
-    assert line.startswith(f"tag2mask retrieval select: error: {inputs[damaged]}: damaged store: ")
+    line = error_line(err, "pseudo_masks make")
+    assert line.startswith(f"tag2mask pseudo_masks make: error: {inputs[damaged]}: damaged "
+                           "store: ")
     assert line.endswith(f"rerun the stage that wrote it (snakemake --forcerun {rule})")
     assert not out.exists() and no_temp_files(tmp_path)
 

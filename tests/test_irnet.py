@@ -283,8 +283,8 @@ def test_commands_chain_from_classifier_to_pseudo_masks(tmp_path):
         "--threads", "1", "--no-progress")
     assert epochs_in(tmp_path / "irnet/log.jsonl") == [1, 2]
     out = tmp_path / "pseudo_masks/shards/0.h5"
-    run("irnet", "instances", "--manifest", str(manifest), "--model",
-        str(tmp_path / "irnet/irnet.pt"), "--cams", str(cams), "--config", config,
+    run("pseudo_masks", "make", "--method", "irnet", "--manifest", str(manifest), "--input",
+        f"model={tmp_path / 'irnet/irnet.pt'}", f"cams={cams}", "--config", config,
         "--out", str(out), "--no-progress")
     with StoreReader(cams, "cams") as store:
         assert len(store) == 8 and store.attrs["input_size"] == 64

@@ -25,8 +25,11 @@ def test_conda_env_matches_pyproject(repo):
 
 
 def test_every_rule_declares_the_conda_env(repo):
+    common = (repo / "rules/common.smk").read_text()
+    env = re.search(r'^ENV = "\.\./(envs/\w+\.yaml)"$', common, re.M)
+    assert env and (repo / env.group(1)).is_file()
     for smk in sorted((repo / "rules").glob("*.smk")):
         text = smk.read_text()
-        rules = re.findall(r"^(?:checkpoint|rule) (\w+):", text, re.M)
-        conda = re.findall(r'^    conda:\n        "\.\./envs/\w+\.yaml"', text, re.M)
-        assert len(rules) == len(conda), f"{smk.name}: every rule needs conda: ../envs/*.yaml"
+        rules = re.findall(r"^\s*(?:checkpoint|rule) (\w+):", text, re.M)
+        conda = re.findall(r"^(\s+)conda:\n\1    ENV$", text, re.M)
+        assert len(rules) == len(conda), f"{smk.name}: every rule needs conda: ENV"

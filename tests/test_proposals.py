@@ -132,6 +132,7 @@ def test_downscaled_working_image_gives_full_resolution_masks():
 def test_settings_defaults_are_the_schema_defaults():
     from tag2mask.core.config import section_options
     schema = section_options("{}", "proposals")
+    schema = {**schema["builtin"], "max_proposals": schema["max_proposals"]}
     settings = ProposalSettings()
     for key in ProposalSettings.__dataclass_fields__:
         value = schema[key]
@@ -445,7 +446,7 @@ def test_import_round_trip(tmp_path):
     np.testing.assert_array_equal(mask_rle.decode(store[r1.id]["masks"], r1.height, r1.width),
                                   masks1)
     # the same through the stage command (method external), capped
-    cfg = json.dumps({"method": "external", "external_json": str(path), "max_proposals": 2})
+    cfg = json.dumps({"method": "external", "external": {"json": str(path)}, "max_proposals": 2})
     out2 = tmp_path / "ext2.h5"
     assert cli.main(["proposals", "make", "--manifest", str(manifest), "--config", cfg,
                      "--out", str(out2)]) == 0

@@ -14,21 +14,29 @@ from tag2mask.core.config import section_options
 from tag2mask.core.errors import InputError
 from tag2mask.core.store import StoreReader, StoreWriter, gather
 from tag2mask.dataset.manifest import read_manifest
-from tag2mask.retrieval.pseudo_masks import retrieve_image
-from tag2mask.retrieval.select import (
-    contour_size,
-    morphological_gradient,
-    prepare_image,
-    select,
-    working_shape,
-)
+from tag2mask.retrieval.method import make_shard, retrieve_image
+from tag2mask.retrieval.prm import contour_size, morphological_gradient
+from tag2mask.retrieval.select import select
+from tag2mask.retrieval.working import prepare_image, working_shape
 
 H, W = 40, 60
 
 
+# the options of each rule, nested under its name in the config
+RULE_KEYS = {"a": "prm", "b": "prm", "contour_width": "prm", "background_factor": "prm",
+             "power": "consensus", "grid_step": "consensus", "grid_threshold": "consensus"}
+
+
 def opts(**kw):
-    """Retrieval options; method prm unless asked (the tests below were written for it)."""
-    return {**section_options("{}", "retrieval"), "method": "prm", **kw}
+    """Retrieval options; method prm unless asked (the tests below were written for it). A
+    rule's own option (a, b, power, grid_step, ...) goes under the rule's name."""
+    o = {**section_options("{}", "retrieval"), "method": "prm"}
+    for key, value in kw.items():
+        if key in RULE_KEYS:
+            o[RULE_KEYS[key]] = {**o[RULE_KEYS[key]], key: value}
+        else:
+            o[key] = value
+    return o
 
 
 def box(y0, y1, x0, x1, shape=(H, W)):
@@ -246,13 +254,14 @@ def _write_inputs(tmp_path):
 
 def test_retrieve_command_writes_shards_that_gather(tmp_path):
     manifest_path = _write_inputs(tmp_path)
-    cfg = json.dumps({"working_size": 64, "method": "prm"})
+    cfg = json.dumps({"working_size": 64, "method": "prm", "panel_images": 1})
     shards = []
     for shard in range(2):
         out = tmp_path / f"shards/{shard}.h5"
-        panels = ["--panels", str(tmp_path / "panels"), "--panels-max", "1"] if shard == 0 else []
-        assert main(["retrieval", "select", "--peaks", str(tmp_path / "peaks.h5"), "--proposals",
-                     str(tmp_path / "props.h5"), "--manifest", str(manifest_path),
+        panels = ["--panels", str(tmp_path / "panels")] if shard == 0 else []
+        assert main(["pseudo_masks", "make", "--method", "retrieval",
+                     "--input", f"peaks={tmp_path / 'peaks.h5'}",
+                     f"proposals={tmp_path / 'props.h5'}", "--manifest", str(manifest_path),
                      "--config", cfg, "--shard", str(shard), "--num-shards", "2",
                      "--out", str(out)] + panels) == 0
         shards.append(out)
@@ -292,9 +301,8 @@ def test_retrieve_refuses_mismatched_classes(tmp_path):
     with StoreWriter(tmp_path / "other.h5", "proposals", ["x", "y", "z"]):
         pass
     with pytest.raises(InputError, match="differ from the manifest"):
-        from tag2mask.retrieval.pseudo_masks import write_shard
-        write_shard(tmp_path / "peaks.h5", tmp_path / "other.h5", manifest_path, opts(), 0, 1,
-                    tmp_path / "out.h5")
+        make_shard({"peaks": tmp_path / "peaks.h5", "proposals": tmp_path / "other.h5"},
+                   manifest_path, opts(), 0, 1, tmp_path / "out.h5")
 
 
 # Method consensus. One object made of two halves (as the synthetic objects' two-tone textures
@@ -343,9 +351,9 @@ def test_consensus_takes_the_whole_object_where_wise_takes_a_part():
 def test_consensus_power_zero_and_large_bracket_the_choice():
     # objectness ** 0: every covering proposal counts alike -> still the whole object;
     # a very large power: the weights are WISE's single best -> its part wins the expectation
-    assert consensus_scene([(18, 20)], grid_step=0, consensus_power=0)[1].proposal.tolist() == [2]
+    assert consensus_scene([(18, 20)], grid_step=0, power=0)[1].proposal.tolist() == [2]
     assert consensus_scene([(18, 20)], grid_step=0,
-                           consensus_power=200)[1].proposal.tolist() == [0]
+                           power=200)[1].proposal.tolist() == [0]
 
 
 def test_consensus_grid_finds_an_object_without_a_peak_and_keeps_one_per_object():

@@ -257,8 +257,8 @@ def test_every_damage_is_found_or_harmless(tmp_path):
                 got = _read_everything(damaged)
             except InputError as e:
                 assert e.where == str(damaged) and e.problem.endswith(
-                    "rerun the stage that wrote it (snakemake --forcerun retrieve; by hand: "
-                    "tag2mask retrieval select)"), e.problem
+                    "rerun the stage that wrote it (snakemake --forcerun make_pseudo_masks; "
+                    "by hand: tag2mask pseudo_masks make)"), e.problem
                 found += 1
                 continue
             assert _same(got, expected), f"{size} bytes at {start}: read back changed"

@@ -118,7 +118,8 @@ def test_a_damaged_verified_store_names_the_verify_rule(tmp_path):
     rescore_store(store, manifest, RedDetector(), OPTIONS, out, progress=False)
     with StoreReader(out, "pseudo_masks") as r, StoreReader(store, "pseudo_masks") as before:
         assert writer_of("pseudo_masks", r.attrs) == ("verify", "verification rescore")
-        assert writer_of("pseudo_masks", before.attrs) == ("retrieve", "retrieval select")
+        assert writer_of("pseudo_masks", before.attrs) == ("make_pseudo_masks",
+                                                           "pseudo_masks make")
 
 
 def test_masks_below_skip_below_keep_their_score_unseen(tmp_path):

@@ -84,7 +84,7 @@ def test_lint_is_clean():
 
 def test_weak_stages_take_no_ground_truth_input(tmp_path):
     jobs = dry_run_jobs(tmp_path, *[f"results/tiny/{t}" for t in WEAK_TARGETS])
-    assert {"train_maskrcnn", "retrieve", "verify"} <= set(jobs)
+    assert {"train_maskrcnn", "make_pseudo_masks", "verify"} <= set(jobs)
     for rule, inputs in jobs.items():
         assert not any("/gt/" in i for i in inputs), f"{rule} reads ground truth: {inputs}"
     assert "gt_training_masks" not in jobs
@@ -100,9 +100,9 @@ def test_irnet_stages_take_no_ground_truth_input(tmp_path):
     config = {**TINY, "pseudo_masks": {"method": "irnet"}}
     jobs = dry_run(tmp_path, *[f"results/tiny/{t}" for t in IRNET_TARGETS], config=config)
     rules = {rule for rule, _, _ in jobs}
-    assert {"compute_cams", "label_relations", "train_irnet", "extract_instances",
+    assert {"compute_cams", "label_relations", "train_irnet", "make_pseudo_masks",
             "train_maskrcnn"} <= rules
-    assert not rules & {"retrieve", "propose", "gt_training_masks"}, rules
+    assert not rules & {"propose", "gt_training_masks"}, rules
     for rule, inputs, _ in jobs:
         assert not any("/gt/" in i for i in inputs), f"{rule} reads ground truth: {inputs}"
     # the pseudo masks every later stage reads come from IRNet's instances
@@ -114,7 +114,9 @@ def test_irnet_stages_take_no_ground_truth_input(tmp_path):
     producers = {folder: {rule for rule, _, outputs in jobs
                           if any(f"/pseudo_masks/{folder}/" in o for o in outputs)}
                  for folder in ("unverified", "shards")}
-    assert producers == {"unverified": {"extract_instances"}, "shards": {"verify"}}
+    assert producers == {"unverified": {"make_pseudo_masks"}, "shards": {"verify"}}
+    shell = snakemake(tmp_path, "-n", "--forceall", "-p", config=config).stdout
+    assert "pseudo_masks make --method irnet" in shell and "--method retrieval" not in shell
     # and the whole default target asks for no proposals
     assert "propose" not in set(planned_jobs(tmp_path, "--forceall", config=config))
 
@@ -124,7 +126,7 @@ def test_verification_off_sends_the_method_shards_straight_to_gather(tmp_path):
     jobs = dry_run(tmp_path, "results/tiny/pseudo_masks/pseudo_masks.h5", config=config)
     assert "verify" not in {rule for rule, _, _ in jobs}
     assert {rule for rule, _, outputs in jobs
-            if any("/pseudo_masks/shards/" in o for o in outputs)} == {"retrieve"}
+            if any("/pseudo_masks/shards/" in o for o in outputs)} == {"make_pseudo_masks"}
 
 
 def test_ground_truth_masks_train_only_the_upper_bound(tmp_path):
@@ -194,17 +196,17 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     assert "Nothing to be done" in snakemake(tmp_path, "-n", config=one).stdout
     changed = {**one, "retrieval": {**one["retrieval"], "nms_iou": 0.5}}
     jobs = set(planned_jobs(tmp_path, config=changed))
-    assert {"retrieve", "gather", "train_maskrcnn[maskrcnn]", "report"} <= jobs
+    assert {"make_pseudo_masks", "gather", "train_maskrcnn[maskrcnn]", "report"} <= jobs
     assert not jobs & BEFORE_RETRIEVAL, jobs
 
     # A code change in the retrieval module reruns retrieval (rules carry a code digest).
     copy = tmp_path / "checkout"
     for part in ["Snakefile", "rules", "config", "workflow"]:
         copy_tree(REPO / part, copy / part)
-    with open(copy / "workflow/tag2mask/retrieval/select.py", "a") as f:
+    with open(copy / "workflow/tag2mask/retrieval/consensus.py", "a") as f:
         f.write("\n# a code change\n")
     jobs = set(planned_jobs(tmp_path, "-s", str(copy / "Snakefile"), config=one))
-    assert {"retrieve", "gather", "train_maskrcnn[maskrcnn]"} <= jobs
+    assert {"make_pseudo_masks", "gather", "train_maskrcnn[maskrcnn]"} <= jobs
     assert not jobs & BEFORE_RETRIEVAL, jobs
 
     # Masks for new images: --config predict_images=DIR runs the run's Mask R-CNN on the
@@ -226,7 +228,7 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     proc = snakemake(tmp_path, *[f"results/tiny/{n}" for n in compared],
                      config={**one, "shards": 4})
     ran = re.findall(r"^(?:local)?rule (\w+):", proc.stdout + proc.stderr, re.M)
-    for stage in ["extract_peaks", "propose", "retrieve"]:
+    for stage in ["extract_peaks", "propose", "make_pseudo_masks"]:
         assert ran.count(stage) == 4, ran
     for stage in ["peaks", "proposals", "pseudo_masks"]:
         assert sorted(p.name for p in (run / stage / "shards").glob("*.h5")) == \

@@ -20,9 +20,9 @@ STAGES = {
     "classifier": "the peak classifier on image-level tags (train)",
     "peaks": "class peaks and peak response maps (extract, gather, evaluate)",
     "proposals": "mask proposals (make, import, gather, evaluate)",
-    "retrieval": "one proposal per peak -> pseudo masks (select, gather)",
-    "irnet": "IRNet: CAMs, relations, boundary + displacement -> pseudo masks "
-             "(cams, relations, train, instances, gather)",
+    "irnet": "what IRNet's pseudo masks are made from: CAMs, relation seeds, boundary + "
+             "displacement branches (cams, gather, relations, train)",
+    "pseudo_masks": "the pseudo masks, by a method: retrieval, irnet, ... (make, gather)",
     "verification": "the classifier checks each pseudo mask; confidences rescored (rescore)",
     "maskrcnn": "Mask R-CNN on pseudo masks (train, predict)",
     "evaluation": "mAP, COCO AP and ABO against ground truth (score, export-coco)",

@@ -27,9 +27,9 @@ def add_actions(actions):
 
 
 def run_train(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
 
-    options = section_options(args.config, "classifier")
+    options = stage_options(args.config, "classifier", "train", args.runtime)
     relaunch(training_processes(args, options))  # (before torch is imported)
     from .train import train_classifier
 

@@ -125,17 +125,17 @@ def load_classifier(path, device="cpu", class_names=None):
     return model.to(device).eval(), meta
 
 
-def load_for_stage(args, section):
-    """What a stage that runs the classifier starts from: (options of config `section`,
-    manifest, device, model in eval mode, checkpoint meta), from the stage command's --config,
-    --manifest, --checkpoint and --threads, with the section's `device` key."""
+def load_for_stage(args, section, action):
+    """What a stage that runs the classifier starts from: (options of `tag2mask <section>
+    <action>`, manifest, device, model in eval mode, checkpoint meta), from the command's
+    --config, --runtime, --manifest, --checkpoint and --threads, with the section's `device`."""
     from ..core.cli_args import set_threads
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from ..core.devices import resolve_device
     from ..dataset.manifest import read_manifest
 
     set_threads(args.threads)
-    options = section_options(args.config, section)
+    options = stage_options(args.config, section, action, args.runtime)
     manifest = read_manifest(args.manifest)
     device = resolve_device(options["device"], f"{section}.device")
     model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)

@@ -43,6 +43,7 @@ from ..core.config import digest
 from ..core.distributed import processes
 from ..core.errors import InputError
 from ..core.metrics import average_precision
+from ..core.options import checkpoint_identity
 from ..dataset.images import load_rgb
 from ..dataset.manifest import read_manifest
 from .model import (
@@ -55,10 +56,6 @@ from .model import (
 )
 
 log = logging.getLogger(__name__)
-
-# Options that may change between a killed run and its restart without invalidating last.pt.
-RESUMABLE_CHANGES = ("epochs", "num_workers", "device", "processes")
-
 
 class TagDataset(Dataset):
     """Images resized to a square as uint8 [3, S, S] and their multi-hot tag vectors.
@@ -146,7 +143,7 @@ def freeze_batchnorm(model):
 
 def resume_key(options, manifest, train):
     """What a checkpoint must share with this run to be resumed from."""
-    fixed = {k: v for k, v in options.items() if k not in RESUMABLE_CHANGES}
+    fixed = checkpoint_identity(options, "classifier", "train")
     data = [manifest.classes, [(r.id, list(r.labels)) for r in train]]
     return digest({"options": fixed, "data": data})
 

@@ -3,6 +3,7 @@ every subcommand (config section, manifest, shard, threads, progress) and the `g
 of the sharded stages. A stage declares what it needs with these, never with its own copy."""
 
 import argparse
+import json
 from pathlib import Path
 
 from .errors import InputError
@@ -17,11 +18,26 @@ def add_action(actions, name, help, doc, func):
 
 
 def add_config(p, section, required=True):
-    """--config: a workflow config YAML (its `section` is used) or that section as inline JSON
-    (what the Snakemake rules pass, so that a change to the section reruns the stage)."""
+    """--config: a workflow config YAML (its `section` is used) or the section's keys the action
+    reads as inline JSON (what the Snakemake rules pass, their rerun trigger); --runtime: the
+    keys that say how to run (x-rerun: false in the schema), as inline JSON."""
     p.add_argument("--config", required=required, default=None if required else "{}",
-                   help=f"a workflow config YAML (its `{section}` section is used), or that "
-                        "section as inline JSON")
+                   help=f"a workflow config YAML (its {section} section is used), or that "
+                        "section's keys as inline JSON")
+    p.add_argument("--runtime", type=_json_object, default=None, metavar="JSON",
+                   help="how to run (device, worker processes, ...: the section's keys the "
+                        "schema marks x-rerun: false) as inline JSON; default: what the "
+                        "workflow passes in its environment, else --config's")
+
+
+def _json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("not a JSON object")
+    return value
 
 
 def add_manifest(p, required=True):

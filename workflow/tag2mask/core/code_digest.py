@@ -13,7 +13,10 @@ not count, so a change in `peaks evaluate` does not rerun `peaks extract`.
 """
 
 import ast
+import functools
 import hashlib
+import importlib.util
+import os
 from pathlib import Path
 
 PACKAGE = "tag2mask"
@@ -26,21 +29,60 @@ def code_digest(spec, package_dir=PACKAGE_DIR):
 
     spec: "stage.cli:function" (an action of a stage's cli.py) or a module name relative to
     the package ("core.store")."""
+    package_dir = Path(package_dir)
+    return _digest(spec, package_dir, _tree_stamp(package_dir))
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(spec, package_dir, stamp):
     h = hashlib.sha256()
-    for path in sorted(source_files(spec, package_dir)):
+    for path in sorted(_source_files(spec, package_dir, stamp)):
         h.update(path.relative_to(package_dir).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
+def module_digest(name, package_dir=PACKAGE_DIR):
+    """code_digest of a module given by its name: a module of this package (in full or
+    relative to it, ".stage.module") with what it imports (code_digest), or another module (a
+    plug-in's) as the source of its file."""
+    if name.startswith("."):
+        return code_digest(name[1:], package_dir)
+    if name.startswith(PACKAGE + "."):
+        return code_digest(name[len(PACKAGE) + 1:], package_dir)
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise ValueError(f"code_digest: no module {name}")
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+
+
 def source_files(spec, package_dir=PACKAGE_DIR):
     """The files `spec` runs (see the module docstring)."""
     package_dir = Path(package_dir)
+    # every rule's digest walks the same files: walked again only when a file has changed
+    return set(_source_files(spec, package_dir, _tree_stamp(package_dir)))
+
+
+def _tree_stamp(package_dir):
+    """The names and modification times of every file below the package."""
+    stamp = []
+    for folder, dirs, files in os.walk(package_dir):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        stamp += [(folder, f, os.stat(os.path.join(folder, f)).st_mtime_ns) for f in files]
+    return tuple(sorted(stamp))
+
+
+@functools.lru_cache(maxsize=256)
+def _source_files(spec, package_dir, stamp):
+    return frozenset(_walk_source_files(spec, package_dir))
+
+
+def _walk_source_files(spec, package_dir):
     module, _, function = spec.partition(":")
     path = _module_file(module, package_dir)
     if path is None:
         raise ValueError(f"code_digest: no module {PACKAGE}.{module} in {package_dir}")
-    tree = ast.parse(path.read_text(), str(path))
+    tree = _parse(path)
     if function:
         node = next((n for n in tree.body if isinstance(n, ast.FunctionDef)
                      and n.name == function), None)
@@ -62,13 +104,31 @@ def source_files(spec, package_dir=PACKAGE_DIR):
         if name == module:
             continue  # the cli itself: only the references gathered above
         file = _module_file(name, package_dir)
-        todo += _references(ast.walk(ast.parse(file.read_text(), str(file))), name, file,
-                            package_dir)
+        todo += _file_references(file, name, package_dir)
     files = {_module_file(name, package_dir) for name in seen}
     for folder in {f.parent for f in files}:
         for data in DATA_FOLDERS:
             files |= {f for f in (folder / data).rglob("*") if f.is_file()}
     return files
+
+
+def _parse(path):
+    return _parse_cached(path, path.stat().st_mtime_ns)
+
+
+@functools.cache
+def _parse_cached(path, mtime):  # (the mtime: a changed file is parsed again)
+    return ast.parse(path.read_text(), str(path))
+
+
+@functools.cache
+def _file_references_cached(file, mtime, name, package_dir):
+    return frozenset(_references(ast.walk(_parse(file)), name, file, package_dir))
+
+
+def _file_references(file, name, package_dir):
+    """_references of a whole module file (every rule's digest walks the same files)."""
+    return _file_references_cached(file, file.stat().st_mtime_ns, name, Path(package_dir))
 
 
 def _module_file(name, package_dir):

@@ -1,7 +1,11 @@
-"""Configuration: safe YAML loading, JSON-schema validation, config digests."""
+"""Configuration: safe YAML loading, the schema (package data, extended by the pseudo-mask
+method plug-ins), validation with defaults, renamed keys, config digests."""
 
+import copy
+import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import jsonschema
@@ -9,22 +13,79 @@ import yaml
 
 from .errors import InputError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schema.yaml"
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.yaml"
+# libyaml's loader where PyYAML was built with it (the schema is read by every command)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Keys that moved: old dotted key -> new one. A config that still uses an old key is read as
+# if it used the new one, with a warning that names both.
+RENAMED = {
+    "proposals.external_json": "proposals.external.json",
+    **{f"proposals.{k}": f"proposals.builtin.{k}" for k in (
+        "working_size", "scales", "colour_spaces", "strategies", "sigma", "min_size",
+        "min_area", "coarse_downscale", "dedup_iou", "seed")},
+    "retrieval.consensus_power": "retrieval.consensus.power",
+    "retrieval.grid_step": "retrieval.consensus.grid_step",
+    "retrieval.grid_threshold": "retrieval.consensus.grid_threshold",
+    **{f"retrieval.{k}": f"retrieval.prm.{k}" for k in (
+        "a", "b", "contour_width", "background_factor")},
+}
 
 
 def load_yaml(path):
     try:
         with open(path) as f:
-            return yaml.safe_load(f) or {}
+            return yaml.load(f, Loader=_LOADER) or {}
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except yaml.YAMLError as e:
         raise InputError(path, f"not valid YAML ({e})") from None
 
 
-def validate_config(config, schema_path=SCHEMA_PATH, where="config"):
+@functools.cache
+def _schema():
+    from ..pseudo_masks.methods import registered_methods
+
+    schema = load_yaml(SCHEMA_PATH)
+    method = schema["properties"]["pseudo_masks"]["properties"]["method"]
+    methods = registered_methods()
+    method["enum"] = sorted(methods)
+    for m in methods.values():  # a plug-in outside the package brings its section's schema
+        if m.schema is not None:
+            schema["properties"].setdefault(m.section, m.schema)
+    return schema
+
+
+def load_schema():
+    """The workflow's JSON schema (a copy: callers may change it)."""
+    return copy.deepcopy(_schema())
+
+
+def migrate(config, where="config"):
+    """`config` with renamed keys (RENAMED) moved to their new place, each logged once."""
+    config = copy.deepcopy(config)
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        values = config.get(section)
+        if not isinstance(values, dict) or key not in values:
+            continue
+        parts = new.split(".")
+        target = config
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        if parts[-1] in target:
+            raise InputError(where, f"config key {old} is the old name of {new}; give only "
+                                    f"{new}")
+        target[parts[-1]] = values.pop(key)
+        log.warning("%s: config key %s is now %s (read as such; rename it)", where, old, new)
+    return config
+
+
+def validate_config(config, schema_path=None, where="config"):
     """Validate against the JSON schema; the error names the offending key path."""
-    schema = load_yaml(schema_path)
+    schema = _schema() if schema_path is None else load_yaml(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -59,7 +120,8 @@ def config_paths(config):
             out.append((f"{name}.pretrained_path", path, "file"))
     proposals = config.get("proposals") or {}
     if proposals.get("method") == "external":
-        out.append(("proposals.external_json", proposals.get("external_json"), "file"))
+        out.append(("proposals.external.json", (proposals.get("external") or {}).get("json"),
+                    "file"))
     if config.get("predict_images") is not None:
         out.append(("predict_images", config["predict_images"], "folder"))
     return out
@@ -105,13 +167,19 @@ def apply_defaults(value, schema):
     return out
 
 
-def section_options(source, section):
-    """Options of one config section for a stage command.
+def complete_config(config, where="config"):
+    """A workflow config with renamed keys moved, validated, and completed with the schema's
+    defaults (what the Snakefile runs on)."""
+    config = migrate(config, where)
+    validate_config(config, where=where)
+    return apply_defaults(config, _schema())
 
-    `source` is either inline JSON of the section (what the Snakemake rules pass, so a change
-    to that section alone reruns the stage) or a path to a workflow config YAML (for running a
-    stage by hand). The section is validated and completed with the schema's defaults.
-    """
+
+def section_options(source, section):
+    """One whole config section, validated and completed with the schema's defaults.
+
+    `source` is either inline JSON of (part of) the section (what the Snakemake rules pass) or
+    a path to a workflow config YAML (for running a stage by hand)."""
     text = str(source).strip()
     if text.startswith("{"):
         try:
@@ -119,13 +187,22 @@ def section_options(source, section):
         except json.JSONDecodeError as e:
             raise InputError("--config", f"inline options are not valid JSON ({e})") from None
         where = f"{section} options"
+        options = migrate({section: options}, where)[section]
     else:
-        whole = load_yaml(source)
         # The whole file, not only this section: a misspelt section name would otherwise be
         # ignored and the stage run with the defaults.
+        whole = migrate(load_yaml(source), source)
         validate_config(whole, where=source)
         options = whole.get(section, {})
         where = source
-    schema = load_yaml(SCHEMA_PATH)
     validate_config({section: options}, where=where)
-    return apply_defaults({section: options}, schema)[section]
+    return apply_defaults({section: options}, _schema())[section]
+
+
+def stage_options(source, section, action, runtime=None):
+    """The options `tag2mask <stage> <action>` runs with: the keys of config `section` the
+    schema says it reads (core.options.read_options), from --config `source`; its runtime
+    keys from `runtime` (--runtime), else from the workflow's environment."""
+    from .options import read_options
+
+    return read_options(section_options(source, section), section, action, runtime)

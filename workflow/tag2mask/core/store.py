@@ -51,7 +51,7 @@ _READ_ERRORS = (OSError, RuntimeError, ValueError, TypeError, KeyError)
 WRITERS = {
     "peaks": ("extract_peaks", "peaks extract"),
     "proposals": ("propose", "proposals make"),
-    "pseudo_masks": ("retrieve", "retrieval select"),
+    "pseudo_masks": ("make_pseudo_masks", "pseudo_masks make"),
 }
 # File format bounds: v2 object headers and compact link storage cut an image group's
 # overhead from about 1 KB (the 1.8 defaults) to 300 B; readable by any HDF5 >= 1.10.

@@ -57,6 +57,6 @@ def prepare(dataset_cfg, out_dir):
 
 
 def run_prepare(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
 
-    prepare(section_options(args.config, "dataset"), args.out_dir)
+    prepare(stage_options(args.config, "dataset", "prepare", args.runtime), args.out_dir)

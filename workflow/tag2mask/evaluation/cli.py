@@ -47,11 +47,11 @@ def add_actions(actions):
 
 def run_score(args):
     from ..core.atomic import write_json
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from ..dataset.manifest import read_manifest
     from .metrics import check_manifest_matches, evaluate, read_ground_truth, read_predictions
 
-    options = section_options(args.config, "evaluation")
+    options = stage_options(args.config, "evaluation", "score", args.runtime)
     gt = read_ground_truth(args.gt)
     manifest = read_manifest(args.manifest) if args.manifest else None
     if manifest is not None:

@@ -18,13 +18,13 @@ from tqdm import tqdm
 from ..classifier.cams import grid_size, multiscale_class_maps
 from ..core.config import digest
 from ..core.errors import InputError
+from ..core.options import action_options
 from ..core.store import StoreWriter
 from ..dataset.images import load_rgb
 
 log = logging.getLogger(__name__)
 
 KIND = "cams"
-OPTIONS = ("input_size", "feature_stride", "cam_scales", "cam_flip")  # what the maps depend on
 
 
 def normalised_cams(model, rgb, tags, input_size, options, device):
@@ -47,7 +47,7 @@ def normalised_cams(model, rgb, tags, input_size, options, device):
 def write_cams(records, manifest, model, options, input_size, out_path, device, progress=True,
                root_attrs=None):
     """The cams store of `records` (train images with tags). Returns the number of images."""
-    chosen = {k: options[k] for k in OPTIONS}
+    chosen = action_options(options, "irnet", "cams")
     attrs = {"input_size": input_size, "grid_stride": options["feature_stride"],
              "scales": list(map(float, options["cam_scales"])), "flip": options["cam_flip"],
              **(root_attrs or {})}

@@ -1,23 +1,21 @@
-"""`tag2mask irnet ...`: IRNet's pseudo masks (Ahn et al. 2019), the second way to make them
-(config pseudo_masks.method: irnet), on the same classifier and into the same store layout.
+"""`tag2mask irnet ...`: what IRNet's pseudo masks (Ahn et al. 2019; config
+pseudo_masks.method: irnet) are made from, on the same classifier as the other methods.
 
     tag2mask irnet cams --manifest M --checkpoint classifier.pt --config C --shard i \\
         --num-shards N --out cams/shards/i.h5
-    tag2mask irnet gather --out cams/cams.h5 cams/shards/*.h5          (also pseudo_masks)
+    tag2mask irnet gather --out cams/cams.h5 cams/shards/*.h5
     tag2mask irnet relations --cams cams.h5 --manifest M --config C \\
         --out irnet/relation_seeds.h5
     tag2mask irnet train --manifest M --checkpoint classifier.pt --seeds relation_seeds.h5 \\
         --config C --out-dir irnet/
-    tag2mask irnet instances --manifest M --model irnet/irnet.pt --cams cams.h5 --config C \\
-        --shard i --num-shards N --out pseudo_masks/shards/i.h5
 
 cams: multi-scale + flip class activation maps of the train images' tagged classes
 (tag2mask.irnet.class_maps); relations: confident foreground / background seeds, the source
 of the inter-pixel relation labels (tag2mask.irnet.seeds); train: the boundary and
 displacement branches from those relations, checkpoint every epoch, resumes, --processes N
-for N processes (torchrun; tag2mask.irnet.train); instances: centroids, seeds, sparse random
-walk -> pseudo masks (tag2mask.irnet.instances). No action reads ground truth. `--config`
-takes the `irnet` section.
+for N processes (torchrun; tag2mask.irnet.train). The pseudo masks themselves (centroids,
+seeds, sparse random walk: tag2mask.irnet.instances) are `tag2mask pseudo_masks make --method
+irnet`. No action reads ground truth. `--config` takes the `irnet` section.
 """
 
 import logging
@@ -31,7 +29,6 @@ from ..core.cli_args import (
     add_progress,
     add_shard,
     add_threads,
-    set_threads,
 )
 from ..core.launch import add_processes, relaunch, training_processes
 
@@ -49,7 +46,7 @@ def add_actions(actions):
     add_threads(p)
     add_progress(p)
 
-    add_gather(actions, ("cams", "pseudo_masks"))
+    add_gather(actions, "cams")
 
     p = add_action(actions, "relations", "relation seeds from the CAMs", __doc__,
                    run_relations)
@@ -71,24 +68,13 @@ def add_actions(actions):
     add_processes(p, "irnet")
     add_progress(p)
 
-    p = add_action(actions, "instances", "IRNet instances -> pseudo masks (one shard)", __doc__,
-                   run_instances)
-    add_manifest(p)
-    p.add_argument("--model", required=True, type=Path, help="irnet.pt")
-    p.add_argument("--cams", required=True, type=Path, help="the gathered cams store")
-    add_config(p, "irnet")
-    add_shard(p)
-    p.add_argument("--out", required=True, type=Path, help="the pseudo-mask shard store (.h5)")
-    add_threads(p, default=1)
-    add_progress(p)
-
 
 def run_cams(args):
     from ..classifier.model import load_for_stage
     from ..core.shards import select_shard
     from .class_maps import write_cams
 
-    options, manifest, device, model, meta = load_for_stage(args, "irnet")
+    options, manifest, device, model, meta = load_for_stage(args, "irnet", "cams")
     input_size = options["input_size"] or meta["input_size"]
     records, _ = select_shard(manifest, ["train"], args.shard, args.num_shards, "irnet")
     log.info("shard %d/%d: %d images on %s, input %d px, classifier %s (%s)", args.shard,
@@ -100,33 +86,20 @@ def run_cams(args):
 
 
 def run_relations(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from .seeds import write_seeds
 
-    write_seeds(args.cams, args.manifest, section_options(args.config, "irnet"), args.out,
+    write_seeds(args.cams, args.manifest,
+                stage_options(args.config, "irnet", "relations", args.runtime), args.out,
                 progress=not args.no_progress)
 
 
 def run_train(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
 
-    options = section_options(args.config, "irnet")
+    options = stage_options(args.config, "irnet", "train", args.runtime)
     relaunch(training_processes(args, options))  # (before torch is imported)
     from .train import train_irnet
 
     train_irnet(args.manifest, args.checkpoint, args.seeds, options, args.out_dir,
                 threads=args.threads, progress=not args.no_progress)
-
-
-def run_instances(args):
-    from ..core.config import section_options
-    from ..core.devices import resolve_device
-    from .instances import write_instances
-    from .model import load_irnet
-
-    set_threads(args.threads)
-    options = section_options(args.config, "irnet")
-    device = resolve_device(options["device"], "irnet.device")
-    model, meta = load_irnet(args.model, device)
-    write_instances(model, meta, args.cams, args.manifest, options, args.shard,
-                    args.num_shards, args.out, device, progress=not args.no_progress)

@@ -1,5 +1,5 @@
-"""Instance pseudo masks from IRNet (`tag2mask irnet instances`), written as a pseudo-mask store
-(kind "pseudo_masks", the layout retrieval writes: docs/formats.md).
+"""Instance pseudo masks from IRNet (pseudo-mask method `irnet`: tag2mask.irnet.method), written
+as a pseudo-mask store (kind "pseudo_masks": docs/formats.md).
 
 Per training image, on the stride-`feature_stride` grid of the input_size x input_size input:
   1. boundary map B and displacement field D of the trained IRNet, each averaged over the image
@@ -39,6 +39,7 @@ from ..classifier.cams import resized_input
 from ..core import masks as mask_rle
 from ..core.config import digest
 from ..core.errors import InputError
+from ..core.options import action_options
 from ..core.shards import shard_items
 from ..core.store import StoreReader, StoreWriter
 from ..dataset.images import load_rgb
@@ -51,8 +52,6 @@ from .seeds import superpixel_pooled
 log = logging.getLogger(__name__)
 
 KIND = "pseudo_masks"
-OPTIONS = ("seed_superpixels", "centroid_iterations", "centroid_threshold", "walk_radius",
-           "beta", "walk_steps", "bg_score", "keep_fragments", "score_threshold")
 
 
 def find_centroids(displacement, iterations=100):
@@ -191,7 +190,7 @@ def write_instances(model, meta, cams_path, manifest_path, options, shard, num_s
                              f"{meta['feature_stride']}")
         records = shard_items([r for r in manifest.images if r.id in cams_store], num_shards,
                               shard)
-        chosen = {k: options[k] for k in OPTIONS}
+        chosen = action_options(options, "irnet", "make")
         config_digest = digest({"instances": chosen, "irnet": meta["config"],
                                 "cams": cams_store.attrs["config_digest"]})
         root = {"method": "irnet", "shard": f"{shard}/{num_shards}"}

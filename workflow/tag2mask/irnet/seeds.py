@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..core.config import digest
 from ..core.errors import InputError
+from ..core.options import action_options
 from ..core.store import StoreReader, StoreWriter
 from ..dataset.images import load_rgb
 from ..dataset.manifest import read_manifest
@@ -35,7 +36,6 @@ from .relations import BG_POS, FG_POS, IGNORE, NEG, relation_labels, seed_map
 log = logging.getLogger(__name__)
 
 KIND = "relation_seeds"
-OPTIONS = ("fg_threshold", "bg_threshold", "relation_radius", "seed_superpixels")
 
 
 def grid_pixels(n_grid, grid_stride, input_size, image_size):
@@ -70,7 +70,7 @@ def write_seeds(cams_path, manifest_path, options, out_path, progress=True):
     counts = Counter()
     records = {r.id: r for r in read_manifest(manifest_path).images}
     with StoreReader(cams_path, CAMS_KIND) as cams_store:
-        chosen = {k: options[k] for k in OPTIONS}
+        chosen = action_options(options, "irnet", "relations")
         config_digest = digest({"seeds": chosen, "cams": cams_store.attrs["config_digest"]})
         attrs = {k: cams_store.attrs[k] for k in ("input_size", "grid_stride")}
         attrs.update(fg_threshold=options["fg_threshold"],

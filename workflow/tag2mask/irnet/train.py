@@ -53,6 +53,7 @@ from ..core.atomic import atomic_path, write_text
 from ..core.config import digest
 from ..core.distributed import processes
 from ..core.errors import InputError
+from ..core.options import checkpoint_identity
 from ..core.store import StoreReader
 from ..dataset.images import load_rgb
 from ..dataset.manifest import read_manifest
@@ -62,7 +63,6 @@ from .seeds import KIND as SEEDS_KIND
 
 log = logging.getLogger(__name__)
 
-NOT_TRAINING = ("num_workers", "device", "processes")
 LOSSES = ("loss_bg", "loss_fg", "loss_neg", "loss_dp_fg", "loss_dp_bg")
 
 
@@ -210,7 +210,7 @@ def _train(manifest_path, classifier_path, seeds_path, options, out_dir, progres
     total_steps = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1 - step / total_steps) ** 0.9)
-    key = digest({"options": {k: v for k, v in options.items() if k not in NOT_TRAINING},
+    key = digest({"options": checkpoint_identity(options, "irnet", "train"),
                   "classifier": file_digest(classifier_path), "seeds": file_digest(seeds_path),
                   "images": [r.id for r in records]})
 

@@ -43,10 +43,8 @@ def add_actions(actions):
     p.add_argument("--split", default="val", help="manifest split to predict (default: val)")
     p.add_argument("--out", required=True, type=Path, help="COCO results JSON to write")
     p.add_argument("--overlays", type=Path, help="also write overlay PNGs into this folder")
-    p.add_argument("--config",
-                   help="a workflow config YAML or the `maskrcnn` section as inline JSON; its "
-                        "prediction options (score_threshold, mask_threshold, "
-                        "predict_batch_size, test_min_size, ...) replace the checkpoint's")
+    add_config(p, "maskrcnn (its prediction keys: score_threshold, mask_threshold, ...)",
+               required=False)
     p.add_argument("--batch-size", type=int, help="images per batch (default: predict_batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's")
     add_threads(p)
@@ -54,9 +52,9 @@ def add_actions(actions):
 
 
 def run_train(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
 
-    options = section_options(args.config, "maskrcnn")
+    options = stage_options(args.config, "maskrcnn", "train", args.runtime)
     relaunch(training_processes(args, options))  # (before torch is imported)
     from .train import train
 
@@ -66,11 +64,10 @@ def run_train(args):
 
 def run_predict(args):
     from ..core.atomic import write_json
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from ..core.devices import resolve_device
     from .model import load_checkpoint
     from .predict import (
-        PREDICT_OPTIONS,
         ResultsWriter,
         configure,
         folder_items,
@@ -84,10 +81,9 @@ def run_predict(args):
     else:
         items, classes = folder_items(args.images), None
     model, payload = load_checkpoint(args.checkpoint, classes)  # other classes: InputError
-    options = json.loads(payload["config"])
-    if args.config:
-        given = section_options(args.config, "maskrcnn")
-        options.update({k: given[k] for k in PREDICT_OPTIONS})
+    # the model's training options, and prediction's own (core/schema.yaml: x-read-by predict)
+    options = {**json.loads(payload["config"]),
+               **stage_options(args.config, "maskrcnn", "predict", args.runtime)}
     if args.batch_size:
         options["predict_batch_size"] = args.batch_size
     if args.device:

@@ -186,7 +186,8 @@ def build_backbone(options, load_weights=True):
 
 
 def build_model(options, num_classes, load_weights=True):
-    """torchvision Mask R-CNN for `num_classes` object classes (+1 background)."""
+    """torchvision Mask R-CNN for `num_classes` object classes (+1 background), from the
+    training options; the prediction options are applied by maskrcnn.predict.configure."""
     backbone = build_backbone(options, load_weights)
     ch = backbone.out_channels
     sizes = tuple((int(s),) for s in options["anchor_sizes"])
@@ -209,16 +210,12 @@ def build_model(options, num_classes, load_weights=True):
         rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=options["rpn_pre_nms_top_n_train"],
         rpn_post_nms_top_n_train=options["rpn_post_nms_top_n_train"],
-        rpn_pre_nms_top_n_test=options["rpn_pre_nms_top_n_test"],
-        rpn_post_nms_top_n_test=options["rpn_post_nms_top_n_test"],
         rpn_batch_size_per_image=options["rpn_batch_size_per_image"],
         box_roi_pool=box_roi_pool,
         box_head=TwoMLPHead(ch * 7 * 7, options["box_head_dim"]),
         box_predictor=torchvision.models.detection.faster_rcnn.FastRCNNPredictor(
             options["box_head_dim"], num_classes + 1),
         box_batch_size_per_image=options["box_batch_size_per_image"],
-        box_detections_per_img=options["box_detections_per_img"],
-        box_score_thresh=options["score_threshold"],
         mask_roi_pool=mask_roi_pool,
         mask_head=MaskRCNNHeads(ch, mask_layers, 1, norm_layer=(
             functools.partial(nn.GroupNorm, 8) if options["mask_head_norm"] == "group" else None)),

@@ -30,10 +30,6 @@ from .model import collate, set_test_size
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-# options that may differ from the training run's: they only change inference
-PREDICT_OPTIONS = ("score_threshold", "mask_threshold", "predict_batch_size", "test_min_size",
-                   "box_detections_per_img", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
-                   "device", "amp", "num_workers")
 
 
 class ImageList(torch.utils.data.Dataset):

@@ -39,6 +39,7 @@ from ..core.atomic import atomic_path, write_text
 from ..core.config import digest
 from ..core.distributed import Group, ShardSampler, processes
 from ..core.errors import InputError
+from ..core.options import checkpoint_identity
 from ..core.torchfiles import load_torch_file
 from ..dataset.manifest import read_manifest
 from .model import (
@@ -52,12 +53,6 @@ from .model import (
 
 log = logging.getLogger(__name__)
 
-# Options that do not change what a training epoch computes: a checkpoint written under other
-# values of these is still resumed.
-NOT_TRAINING = ("epochs", "num_workers", "device", "processes", "keep_checkpoints",
-                "score_threshold",
-                "mask_threshold", "predict_batch_size", "test_min_size",
-                "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_detections_per_img")
 LOSS_NAMES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
               "loss_rpn_box_reg")
 
@@ -253,7 +248,7 @@ def _train(options, store_path, manifest_path, out_dir, progress, group):
                                      "'skip')")
     class_names = dataset.class_names
     store_sha = file_sha256(store_path)
-    identity = digest({"options": {k: v for k, v in options.items() if k not in NOT_TRAINING},
+    identity = digest({"options": checkpoint_identity(options, "maskrcnn", "train"),
                        "store": store_sha, "classes": class_names, "images": len(dataset)})
 
     torch.manual_seed(options["seed"])

@@ -56,7 +56,7 @@ def run_extract(args):
     from .extract import extract, resolve_response_layer
 
     keep_freed_memory()  # the batched backward's large tensors: no page faults on each reuse
-    options, manifest, device, model, meta = load_for_stage(args, "peaks")
+    options, manifest, device, model, meta = load_for_stage(args, "peaks", "extract")
     model.requires_grad_(False)  # only input gradients are needed
     input_size = options["input_size"] or meta["input_size"]
     options["response_layer"] = resolve_response_layer(options["response_layer"],

@@ -84,8 +84,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProposalSettings:
-    """Generator settings: the `proposals` config section without the import keys (defaults
-    as in config/schema.yaml)."""
+    """Generator settings: `proposals.builtin` and `proposals.max_proposals` (defaults as in
+    core/schema.yaml)."""
     max_proposals: int = 2000
     working_size: int = 256
     scales: tuple = (30, 300)
@@ -100,10 +100,15 @@ class ProposalSettings:
 
     @classmethod
     def from_options(cls, options):
+        """From a dict of these settings (others ignored)."""
         names = cls.__dataclass_fields__
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()
-              if k in names}
-        return cls(**kw)
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()
+                      if k in names})
+
+    @classmethod
+    def of_run(cls, options):
+        """From a run's `proposals` options."""
+        return cls.from_options({**options["builtin"], "max_proposals": options["max_proposals"]})
 
     def __post_init__(self):
         for cs in self.colour_spaces:

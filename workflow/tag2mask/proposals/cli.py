@@ -7,7 +7,8 @@
 
 make writes the proposals of one shard of the images of the configured splits, with the
 built-in generator (method builtin, tag2mask.proposals.builtin) or from the configured
-external file (method external, tag2mask.proposals.external, which `import` also reads).
+external file (method external, tag2mask.proposals.external, which `import` also reads;
+tag2mask.proposals.make.METHODS).
 Store layout: docs/formats.md and tag2mask.proposals.make. evaluate reads ground truth and is
 an evaluation stage only (tag2mask.proposals.quality).
 """
@@ -49,32 +50,28 @@ def add_actions(actions):
 
 
 def run_make(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from ..core.shards import select_shard
     from ..dataset.manifest import read_manifest
-    from .external import write_imported
-    from .make import store_writer, write_generated
+    from .make import METHODS, store_writer
 
-    options = section_options(args.config, "proposals")
+    options = stage_options(args.config, "proposals", "make", args.runtime)
     manifest = read_manifest(args.manifest)
     records, _ = select_shard(manifest, options["splits"], args.shard, args.num_shards,
                               "proposals.splits")
     with store_writer(args.out, manifest, options, options["method"], args.shard,
                       args.num_shards) as w:
-        if options["method"] == "external":
-            write_imported(records, manifest.images, options, options["external_json"], w)
-        else:
-            write_generated(records, options, w)
+        METHODS[options["method"]](records, manifest, options, w)
 
 
 def run_import(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from ..core.shards import select_shard
     from ..dataset.manifest import read_manifest
     from .external import write_imported
     from .make import store_writer
 
-    options = section_options(args.config, "proposals")
+    options = stage_options(args.config, "proposals", "import", args.runtime)
     manifest = read_manifest(args.manifest)
     records, _ = select_shard(manifest, options["splits"], 0, 1, "proposals.splits")
     with store_writer(args.out, manifest, options, "external", 0, 1) as w:

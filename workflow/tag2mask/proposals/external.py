@@ -106,7 +106,7 @@ def import_external(path, records, wanted, max_proposals):
 def write_imported(records, all_records, options, json_path, writer):
     """Import `json_path` for `records` into an open proposals StoreWriter."""
     if json_path is None:
-        raise InputError("proposals.external_json", "method external needs a file path")
+        raise InputError("proposals.external.json", "method external needs a file path")
     imported = import_external(json_path, all_records, [r.id for r in records],
                                options["max_proposals"])
     for r in records:

@@ -155,11 +155,11 @@ def inputs_from_args(args):
 
 def run_build(args):
     from ..core.atomic import write_text
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from .page import build_report
 
     inputs = inputs_from_args(args)
-    options = section_options(args.config, "report")
+    options = stage_options(args.config, "report", "build", args.runtime)
     text = build_report(inputs, options)
     write_text(args.out, text)
     log.info("wrote %s (%.0f kB)", args.out, len(text) / 1024)

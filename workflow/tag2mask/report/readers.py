@@ -135,7 +135,7 @@ def read_benchmarks(folder, shards=None, rounds=None, upper_bound=None, val_spli
 def stale_benchmark(name, shards=None, rounds=None, upper_bound=None, val_split=None):
     """Why the benchmark file `name` (relative to the benchmarks folder, no suffix) is not a
     job of this run, or None. The names are the rules' `benchmark:` paths (rules/*.smk):
-    <stage>/<shard> for the sharded stages (extract_peaks, propose, retrieve, and any other
+    <stage>/<shard> for the sharded stages (extract_peaks, propose, make_pseudo_masks, and any other
     stage that names its files by shard), self_training_masks_<r>, and per model
     train_maskrcnn/<model>, predict/<model>_<split>, evaluate_predictions/<model>_<split>
     with <model> maskrcnn, upper_bound or self_training/round_<r>."""

@@ -29,8 +29,8 @@ def add_actions(actions):
 
 
 def run_masks(args):
-    from ..core.config import section_options
+    from ..core.config import stage_options
     from .merge import merge_round
 
     merge_round(args.predictions, args.peaks, args.previous, args.manifest,
-                section_options(args.config, "self_training"), args.out)
+                stage_options(args.config, "self_training", "masks", args.runtime), args.out)

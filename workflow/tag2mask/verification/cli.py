@@ -40,7 +40,7 @@ def run_rescore(args):
     from ..classifier.model import load_for_stage
     from .rescore import rescore_store
 
-    options, manifest, device, model, meta = load_for_stage(args, "verification")
+    options, manifest, device, model, meta = load_for_stage(args, "verification", "rescore")
     options["input_size"] = options["input_size"] or meta["input_size"]
     log.info("%s: classifier %s (%s) at %d px on %s", args.store, args.checkpoint,
              meta["backbone"], options["input_size"], device)

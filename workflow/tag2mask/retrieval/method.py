@@ -1,4 +1,5 @@
-"""Pseudo masks: run proposal retrieval over a shard of images and write the pseudo-mask store.
+"""Pseudo-mask method `retrieval` (tag2mask.pseudo_masks.methods; WISE, PRM): one mask proposal
+per class peak, by the rule `retrieval.method` names (tag2mask.retrieval.select).
 
 Reads the peaks store and the proposals store (never ground truth) and writes, per image, the
 chosen proposals' full-resolution RLE masks with their class, confidence, box and the peak that
@@ -22,7 +23,8 @@ from ..core.shards import shard_items
 from ..core.store import StoreReader, StoreWriter, image_key
 from ..dataset.images import load_rgb
 from ..dataset.manifest import read_manifest
-from .select import prepare_image, select
+from .select import select
+from .working import prepare_image
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +84,19 @@ def retrieve_image(peaks, proposals, height, width, options, where="image"):
     return arrays, attrs, (inp, sel)
 
 
-def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_shards, out_path,
-                panels_dir=None, panels_max=0):
-    """Retrieve pseudo masks for shard `shard` of the manifest's images; returns status counts.
+def make_shard(inputs, manifest_path, options, shard, num_shards, out_path, panels=None,
+               progress=True):
+    """Retrieve pseudo masks for shard `shard` of the manifest's images from the stores
+    `inputs["peaks"]` and `inputs["proposals"]`, drawing the first `retrieval.panel_images`
+    images into the folder `panels` (if given); returns status counts.
 
     Images are the manifest's that both stores hold, in manifest order, cut into `num_shards`
     shards (cutting the whole manifest would leave the shards of splits the peaks did not cover
     idle). Manifest images absent from a store are left out, counted once (in shard 0; the
     gather sums the shards' counts) and logged.
     """
+    peaks_path, proposals_path = inputs["peaks"], inputs["proposals"]
+    panels_max = options["panel_images"] if panels is not None else 0
     manifest = read_manifest(manifest_path)
     status = Counter()
     with StoreReader(peaks_path, "peaks") as peaks_store, \
@@ -116,7 +122,8 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
         root = {"method": options["method"], "shard": f"{shard}/{num_shards}"}
         drawn = 0
         with StoreWriter(out_path, KIND, manifest.classes, config_digest, attrs=root) as out:
-            for rec in tqdm(records, desc=f"retrieval shard {shard}", mininterval=10):
+            for rec in tqdm(records, desc=f"retrieval shard {shard}", mininterval=10,
+                            disable=not progress):
                 peaks = peaks_store.read(rec.id)
                 props = props_store.read(rec.id, ["masks", "scores"])
                 for store, entry in ((peaks_store, peaks), (props_store, props)):
@@ -131,9 +138,9 @@ def write_shard(peaks_path, proposals_path, manifest_path, options, shard, num_s
                 status["instances"] += len(arrays["masks"])
                 status["peaks"] += attrs["num_peaks"]
                 status["peaks_merged"] += attrs.get("peaks_merged", 0)
-                if panels_dir is not None and drawn < panels_max and detail is not None:
+                if drawn < panels_max and detail is not None:
                     retrieval_panel(load_rgb(rec.path), peaks, arrays, *detail,
-                                    manifest.classes, panels_dir / f"{image_key(rec.id)}.png")
+                                    manifest.classes, panels / f"{image_key(rec.id)}.png")
                     drawn += 1
             # per-shard counts as root attrs count_*: store.gather sums them over the shards
             for key, name in COUNTS.items():

@@ -1,0 +1,40 @@
+# Stage `pseudo_masks` (tag2mask/pseudo_masks/): the pseudo masks Mask R-CNN trains on, made per
+# shard by the method `pseudo_masks.method` names (a plug-in: tag2mask.pseudo_masks.methods),
+# from the files of the run it names (common.smk: PSEUDO_MASK_INPUTS), then verified
+# (verification.smk) and gathered into PSEUDO_MASKS (rule gather, common.smk). No method reads
+# ground truth; their evaluation is evaluation.smk's.
+
+rule make_pseudo_masks:
+    input:
+        **PSEUDO_MASK_INPUTS,
+        manifest=MANIFEST,
+    output:
+        store=METHOD_SHARD,
+        panels=directory(f"{RUN}/pseudo_masks/panels/{{shard}}"),
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        **action_params("pseudo_masks make", section=PSEUDO_MASK_METHOD.section),
+        method=PSEUDO_MASK_METHOD.name,
+        method_code=module_digest(PSEUDO_MASK_METHOD.module),
+        inputs=lambda w, input: [f"{name}={input[name]}" for name in PSEUDO_MASK_INPUTS],
+        num_shards=len(SHARDS),
+    threads: 1
+    log:
+        log_file("make_pseudo_masks/{shard}"),
+    benchmark:
+        benchmark_file("make_pseudo_masks/{shard}")
+    conda:
+        ENV
+    resources:
+        **job_resources(4000, 120, gpu=one_gpu(PSEUDO_MASK_METHOD.section)),
+    shell:
+        tag2mask("pseudo_masks make --method {params.method} --input {params.inputs:q} "
+                 "--manifest {input.manifest:q} --config {params.options:q} "
+                 "--shard {wildcards.shard} --num-shards {params.num_shards} "
+                 "--out {output.store:q} --panels {output.panels:q} --threads {threads} "
+                 "--no-progress")
+
+
+PSEUDO_MASKS_TARGETS = [PSEUDO_MASKS]
+PSEUDO_MASKS_REPORT_INPUTS = {"pseudo_masks": PSEUDO_MASKS}
