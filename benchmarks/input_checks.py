@@ -1,10 +1,10 @@
-"""What the damage checks on reading cost: strict JPEG decoding per image (prepare-dataset) and
+"""What the damage checks on reading cost: strict JPEG decoding per image (dataset prepare) and
 the zip CRC check of a checkpoint before torch.load.
 
     .venv/bin/python benchmarks/input_checks.py [--images DIR] [--checkpoint-mb 20] [--repeats 3]
 
 - Images (default: voc-mini's JPEGImages, 288 photos): per image, the full PIL decode that
-  prepare-dataset always did (the baseline), the structural walk (`jpeg_structure`) and the
+  dataset prepare always did (the baseline), the structural walk (`jpeg_structure`) and the
   strict libjpeg decode (`strict_decode.jpeg_decode_problem`, grey at 1/8 scale) that the
   damage check adds; `rejected` lists the images the checks would skip (should be none on
   sound photos). Files are read once before timing (warm page cache); best of --repeats.

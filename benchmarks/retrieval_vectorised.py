@@ -1,7 +1,7 @@
 """Benchmark: vectorised proposal retrieval vs a per-peak, per-proposal Python loop.
 
-Both get the same working-resolution inputs (tag2mask.retrieval.select.prepare_image) and must make
-the same choices (asserted): proposal per peak, kept instances, merges, confidences. Timed:
+Both get the same working-resolution inputs (tag2mask.retrieval.working.prepare_image) and
+must make the same choices (asserted): proposal per peak, kept instances, merges, confidences. Timed:
 
 * vectorised = `select` (contours by separable bool filters, scores by matrix products, NMS)
 * loop       = `select_reference_loop` (tests/retrieval_reference.py: each contour with
@@ -35,7 +35,8 @@ from retrieval_reference import select_reference_loop  # noqa: E402
 
 from tag2mask.core import masks as mask_rle  # noqa: E402
 from tag2mask.core.config import section_options  # noqa: E402
-from tag2mask.retrieval.select import prepare_image, select  # noqa: E402
+from tag2mask.retrieval.select import select  # noqa: E402
+from tag2mask.retrieval.working import prepare_image  # noqa: E402
 
 
 def ellipses(rng, n, shape, min_r, max_r):

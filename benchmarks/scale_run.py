@@ -91,7 +91,7 @@ CONFIG = {
     # peak and retrieval matches each against the proposals): a work per image that does not
     # follow the classifier's quality, as for Mask R-CNN below.
     "peaks": {"panels": 1, "map_size": 32, "max_peaks": 3},
-    "proposals": {"max_proposals": 100, "working_size": 128},
+    "proposals": {"max_proposals": 100, "builtin": {"working_size": 128}},
     "retrieval": {"panel_images": 1},
     # A fixed work per image for Mask R-CNN: trained on every image (images without a pseudo
     # mask as background-only ones) and, at prediction, up to 20 detections per image whatever
@@ -132,7 +132,7 @@ if _out and "tag2mask.cli" in _argv:
 
 def stage_of_command(argv):
     """A stage name for a recorded `tag2mask` command line: the subcommand and its output
-    (shard numbers replaced by *), e.g. 'extract-peaks peaks/shards/*.h5'."""
+    (shard numbers replaced by *), e.g. 'peaks peaks/shards/*.h5'."""
     args = argv[argv.index("tag2mask.cli") + 1:]
     sub = args[0]
     out = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--out", "--out-dir")), "")

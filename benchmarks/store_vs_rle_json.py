@@ -13,9 +13,10 @@ What each file holds, per instance:
   float32. The store holds more (peak_index, peak_yx): size_ratio is the goal's figure.
 - JSON "same content": each record also has "peak_index" and "peak_yx", so it holds all the
   store holds.
-- retrieval store: what `tag2mask retrieval select` writes for the same masks: the store's arrays plus
-  `proposal_index` int32 and `retrieval_score` float32, and 6 more per-image attrs (num_peaks,
-  retrieval_status, num_candidates, ...); retrieval_size_ratio compares it with "json".
+- retrieval store: what `tag2mask pseudo_masks make --method retrieval` writes for the same
+  masks: the store's arrays plus `proposal_index` int32 and `retrieval_score` float32, and 6
+  more per-image attrs (num_peaks, retrieval_status, num_candidates, ...);
+  retrieval_size_ratio compares it with "json".
 Masks are random ellipses (VOC-like sizes) in 375x500 images. "Read one image" is measured
 cold, as a stage or a viewer does it: open the file, find the image, get its RLE strings
 (the JSON has to be parsed whole; the store reads one group). The store is also timed with

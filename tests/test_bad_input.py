@@ -8,13 +8,13 @@ Every case ends in one of two ways: exit status 2 with one line "tag2mask <stage
 lost: a failing stage leaves the previous output at its path unchanged and no partial file.
 
 Checklist -> tests
-- corrupt JPEG, truncated PNG ........ test_corrupt_images_are_counted_skips (prepare-dataset:
+- corrupt JPEG, truncated PNG ........ test_corrupt_images_are_counted_skips (dataset prepare:
                                        garbage in the data, truncation, a bad header; the
                                        small and the large-image path), test_jpeg_structure_check;
                                        test_image_broken_after_prepare_fails_the_stage_in_one_line
-                                       (extract-peaks, train-classifier with DataLoader workers)
+                                       (peaks extract, classifier train with DataLoader workers)
 - CMYK / grayscale / RGBA images ..... test_other_colour_modes_are_converted_and_counted (read
-                                       end to end by extract-peaks)
+                                       end to end by peaks extract)
 - 16-bit PNG ......................... same test (values scaled by 1/257), and
                                        test_png_bands_equal_a_whole_decode (16-bit grey in bands)
 - 10,000 x 10,000 image .............. test_huge_image_is_downscaled_in_bounded_memory (JPEG,
@@ -34,7 +34,7 @@ Checklist -> tests
 - checkpoint from another class list . test_classifier_of_other_classes_is_refused_by_extract_peaks,
                                        test_maskrcnn_of_other_classes_is_refused_by_predict,
                                        test_training_checkpoint_of_other_classes_is_not_resumed
-                                       (train-classifier). train-maskrcnn: its epoch checkpoints'
+                                       (classifier train). maskrcnn train: its epoch checkpoints'
                                        identity includes the class list, so another list starts
                                        over as a changed config does
                                        (test_maskrcnn.py::test_changed_config_starts_over), and a
@@ -315,7 +315,7 @@ def test_jpeg_structure_check(tmp_path):
 
 def test_image_broken_after_prepare_fails_the_stage_in_one_line(tmp_path, classifier, capsys):
     """An image that breaks after the manifest was written stops the stage with one line
-    naming it: extract-peaks (in process), train-classifier with a DataLoader worker
+    naming it: peaks extract (in process), classifier train with a DataLoader worker
     process (whose exception torch re-raises by its message)."""
     checkpoint, peaks = classifier
     manifest = build_manifest(tmp_path, n_images=4, size=(40, 32))
@@ -444,7 +444,7 @@ print(json.dumps({"rc": rc, "base_mb": base, "peak_mb": peak_mb()}))
 
 
 def prepare_measured(config, out_dir):
-    """prepare-dataset in a fresh process: (exit status, peak RSS MB, MB above the peak after
+    """dataset prepare in a fresh process: (exit status, peak RSS MB, MB above the peak after
     importing the package)."""
     proc = subprocess.run([sys.executable, "-c", MEASURE, "dataset", "prepare", "--config",
                            config, "--out-dir", str(out_dir)],
@@ -813,19 +813,8 @@ def test_classifier_of_other_classes_is_refused_by_extract_peaks(tmp_path, class
 
 
 def test_maskrcnn_of_other_classes_is_refused_by_predict(tmp_path, capsys):
-    """An untrained tiny Mask R-CNN saved as train-maskrcnn saves its model.pt."""
-    from tag2mask.maskrcnn.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model
-    options = section_options(json.dumps({"backbone": "tiny", "pretrained": False,
-                                          "fpn_channels": 16, "box_head_dim": 32,
-                                          "mask_head_channels": 8, "mask_head_layers": 1,
-                                          "min_size": [64], "max_size": 64,
-                                          "device": "cpu", "num_workers": 0}), "maskrcnn")
-    torch.manual_seed(0)
-    model = build_model(options, 2, load_weights=False)
-    checkpoint = tmp_path / "model.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                "model": model.state_dict(), "config": json.dumps(options, sort_keys=True),
-                "class_names": ["square", "disk"], "epochs": 0, "history": []}, checkpoint)
+    """A Mask R-CNN of classes square and disk, asked for the manifest's a, b, c."""
+    checkpoint = tiny_maskrcnn_checkpoint(tmp_path / "model.pt", ["square", "disk"])
     manifest = build_manifest(tmp_path / "data", n_images=2, size=(40, 32), split="val")
     out = tmp_path / "predictions.json"
     out.write_text("[]\n")  # an earlier run's predictions
@@ -839,7 +828,7 @@ def test_maskrcnn_of_other_classes_is_refused_by_predict(tmp_path, capsys):
 
 
 def test_training_checkpoint_of_other_classes_is_not_resumed(tmp_path, caplog):
-    """train-classifier finds a last.pt of another class list in its folder: logged, not
+    """classifier train finds a last.pt of another class list in its folder: logged, not
     resumed, trained afresh (a checkpoint from a run on other tags is no error)."""
     options = json.dumps({"backbone": "tiny", "pretrained": False, "input_size": 32,
                           "stride": 8, "epochs": 1, "batch_size": 4, "num_workers": 0,
@@ -869,7 +858,7 @@ def overwrite_mid_file(path, n=2048, byte=b"\xab"):
 
 
 def tiny_maskrcnn_checkpoint(path, class_names):
-    """An untrained tiny Mask R-CNN saved as train-maskrcnn saves its model.pt."""
+    """An untrained tiny Mask R-CNN saved as `maskrcnn train` saves its model.pt."""
     from tag2mask.maskrcnn.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model
     options = section_options(json.dumps({"backbone": "tiny", "pretrained": False,
                                           "fpn_channels": 16, "box_head_dim": 32,
@@ -886,7 +875,7 @@ def tiny_maskrcnn_checkpoint(path, class_names):
 
 @pytest.mark.parametrize("kind", ["classifier", "maskrcnn"])
 def test_damaged_checkpoint_is_one_line(tmp_path, classifier, kind):
-    """2 KB overwritten mid-file: torch.load alone loaded it without a word (extract-peaks
+    """2 KB overwritten mid-file: torch.load alone loaded it without a word (peaks extract
     exited 0 with 0 peaks); the zip CRC check names the file, the member and the rule."""
     manifest = build_manifest(tmp_path / "data", n_images=2, size=(40, 32), split="val")
     out = tmp_path / "out"

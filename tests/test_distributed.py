@@ -21,7 +21,7 @@ import torchvision
 from conftest import build_manifest
 from PIL import Image
 from test_irnet import IRNET, random_relation_seeds, tiny_classifier
-from test_kills import epochs_in, kill_after_first_epoch, run, start
+from test_kills import classifier_command, epochs_in, kill_after_first_epoch, run, start
 from test_maskrcnn import CLASSES as MASKRCNN_CLASSES
 from test_maskrcnn import TINY as TINY_MASKRCNN
 from test_maskrcnn import draw_instances
@@ -245,12 +245,8 @@ def processes_naming(out_dir):
 def test_two_processes_resume_after_sigkill(tmp_path):
     """SIGKILL to the command (torchrun, after its exec) takes its workers with it, and the
     rerun resumes after the last epoch rank 0 wrote, here on 1 process."""
-    manifest = build_manifest(tmp_path / "data", n_images=16, size=(64, 64))
+    args = classifier_command(tmp_path, epochs=3, threads=2, n_images=16)
     out = tmp_path / "classifier"
-    config = json.dumps({"backbone": "tiny", "input_size": 64, "epochs": 3, "batch_size": 2,
-                         "num_workers": 0, "lr_schedule": "constant", "device": "cpu"})
-    args = ["classifier", "train", "--manifest", str(manifest), "--config", config,
-            "--out-dir", str(out), "--threads", "2", "--no-progress"]
     kill_after_first_epoch(start(*args, "--processes", "2"), out / "log.jsonl", timeout=240)
     deadline = time.time() + 30
     while processes_naming(out) and time.time() < deadline:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import build_manifest
-from test_kills import epochs_in, kill_after_first_epoch, run, start
+from test_kills import epochs_in, killed_and_resumed, run
 
 from tag2mask.classifier.cams import multiscale_class_maps, sample_on_grid
 from tag2mask.classifier.model import build_classifier, save_classifier
@@ -324,11 +324,4 @@ def test_train_irnet_resumes_after_sigkill(tmp_path):
     args = ["irnet", "train", "--manifest", str(manifest), "--checkpoint", str(classifier),
             "--seeds", str(seeds), "--config", config, "--out-dir", str(out), "--threads", "1",
             "--no-progress"]
-    kill_after_first_epoch(start(*args), out / "log.jsonl")
-    assert not (out / "irnet.pt").exists(), "a killed run must not leave the final model"
-    done = len(epochs_in(out / "log.jsonl"))
-    assert done < 4
-    output = run(*args)
-    assert f"resuming from {out / 'last.pt'} after epoch {done}" in output
-    assert epochs_in(out / "log.jsonl") == [1, 2, 3, 4]
-    assert (out / "irnet.pt").exists()
+    killed_and_resumed(args, out, "irnet.pt", 4)

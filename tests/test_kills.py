@@ -50,22 +50,33 @@ def epochs_in(log_path):
     return [json.loads(line)["epoch"] for line in log_path.read_text().splitlines()]
 
 
-def test_train_classifier_resumes_after_sigkill(tmp_path):
-    manifest = build_manifest(tmp_path / "data", n_images=48, size=(64, 64))
-    out = tmp_path / "classifier"
-    config = json.dumps({"backbone": "tiny", "input_size": 64, "epochs": 4, "batch_size": 2,
-                         "num_workers": 0, "lr_schedule": "constant", "device": "cpu"})
-    args = ["classifier", "train", "--manifest", str(manifest), "--config", config,
-            "--out-dir", str(out), "--threads", "1", "--no-progress"]
+def killed_and_resumed(args, out, final, epochs, resumed="resuming from {last} after epoch"):
+    """SIGKILL the training command `args` after its first epoch: no final model `final`;
+    rerun: it resumes after the epochs it finished and ends with all `epochs`."""
     kill_after_first_epoch(start(*args), out / "log.jsonl")
-    assert not (out / "classifier.pt").exists(), "a killed run must not leave the final model"
+    assert not (out / final).exists(), "a killed run must not leave the final model"
     done = len(epochs_in(out / "log.jsonl"))
-    assert done < 4
-
+    assert done < epochs
     output = run(*args)
-    assert f"resuming from {out / 'last.pt'} after epoch {done}" in output
-    assert epochs_in(out / "log.jsonl") == [1, 2, 3, 4]
-    assert (out / "classifier.pt").exists()
+    assert f"{resumed.format(last=out / 'last.pt')} {done}" in output, output
+    assert epochs_in(out / "log.jsonl") == list(range(1, epochs + 1))
+    assert (out / final).exists()
+
+
+def classifier_command(tmp_path, epochs, threads=1, n_images=48):
+    """The `classifier train` command line of a tiny classifier on a random manifest."""
+    manifest = build_manifest(tmp_path / "data", n_images=n_images, size=(64, 64))
+    config = json.dumps({"backbone": "tiny", "input_size": 64, "epochs": epochs,
+                         "batch_size": 2, "num_workers": 0, "lr_schedule": "constant",
+                         "device": "cpu"})
+    return ["classifier", "train", "--manifest", str(manifest), "--config", config,
+            "--out-dir", str(tmp_path / "classifier"), "--threads", str(threads),
+            "--no-progress"]
+
+
+def test_train_classifier_resumes_after_sigkill(tmp_path):
+    killed_and_resumed(classifier_command(tmp_path, epochs=4), tmp_path / "classifier",
+                       "classifier.pt", 4)
 
 
 def test_train_maskrcnn_resumes_after_sigkill(tmp_path):
@@ -91,15 +102,7 @@ def test_train_maskrcnn_resumes_after_sigkill(tmp_path):
                          "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 32})
     args = ["maskrcnn", "train", "--store", str(store), "--manifest", str(manifest_path),
             "--config", config, "--out-dir", str(out), "--threads", "1", "--no-progress"]
-    kill_after_first_epoch(start(*args), out / "log.jsonl")
-    assert not (out / "model.pt").exists()
-    done = len(epochs_in(out / "log.jsonl"))
-    assert done < 3
-
-    output = run(*args)
-    assert f"resuming after epoch {done}" in output
-    assert epochs_in(out / "log.jsonl") == [1, 2, 3]
-    assert (out / "model.pt").exists()
+    killed_and_resumed(args, out, "model.pt", 3, resumed="resuming after epoch")
 
 
 def test_store_writer_killed_mid_write_leaves_no_store(tmp_path):

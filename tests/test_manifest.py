@@ -53,8 +53,7 @@ def test_round_trip_relative_and_absolute_paths(tmp_path):
     assert [r.id for r in back.split("train")] == ["x", "z"]
     assert [back.coco_image_id(i) for i in ("x", "y", "z")] == [1, 2, 3]
     assert back.label_indices(back.images[0]) == [0, 2]
-    assert back.ground_truth_path("val") == tmp_path / "ds" / "gt" / "val.json"
-    assert back.ground_truth_path("train") is None
+    assert back.ground_truth == {"val": "gt/val.json"}
     assert back.stats == {"images": 3}
 
 

@@ -1,4 +1,4 @@
-"""Peak extraction (extract-peaks, the peaks store) and peak quality figures."""
+"""Peak extraction (peaks extract, the peaks store) and peak quality figures."""
 
 import json
 

@@ -14,6 +14,7 @@ import h5py
 import pytest
 import yaml
 from conftest import REPO
+from test_workflow import TINY as WORKFLOW_TINY
 
 TOY = '''
 """A toy pseudo-mask method: a disc of `radius` pixels around every class peak."""
@@ -53,16 +54,10 @@ def make_shard(inputs, manifest, options, shard, num_shards, out, panels=None, p
                 "peak_yx": np.asarray(entry["peak_yx"], np.float32).reshape(-1, 2)})
 '''
 
-TINY = {
-    "run_name": "toy",
-    "shards": 2,
-    "dataset": {"kind": "synthetic",
-                "synthetic": {"seed": 2, "train_images": 8, "val_images": 4, "image_size": 64}},
-    "classifier": {"backbone": "tiny", "input_size": 64, "epochs": 1, "batch_size": 8,
-                   "num_workers": 0},
-    "peaks": {"panels": 0, "map_size": 32},
-    "verification": {"enabled": False},
-}
+# the workflow tests' tiny run, smaller: up to the pseudo masks, unverified
+TINY = {**WORKFLOW_TINY, "run_name": "toy", "verification": {"enabled": False},
+        "dataset": {"kind": "synthetic", "synthetic": {"seed": 2, "train_images": 8,
+                                                       "val_images": 4, "image_size": 64}}}
 
 
 def install_plugin(folder):

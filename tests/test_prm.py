@@ -7,7 +7,8 @@ from torch import nn
 
 from tag2mask.core.errors import InputError
 from tag2mask.peaks.grid import resample
-from tag2mask.peaks.prm import PeakBackprop, normalise, positive_backprop
+from tag2mask.peaks.positive_rule import positive_backprop
+from tag2mask.peaks.prm import PeakBackprop, normalise
 
 # torch notes that an even 'same' kernel pads a copy of the input: expected here
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")

@@ -3,7 +3,7 @@ Snakemake (`--retries`) with the attempt-scaled resources of its rule (rules/*.s
 `mem_mb = base * attempt`, `runtime = base * attempt`), and the second attempt finishes.
 
 The failure comes from outside the project's code: a `sitecustomize.py` on PYTHONPATH (which
-rules/common.smk passes on to the jobs) caps the address space of the `prepare-dataset` job
+rules/common.smk passes on to the jobs) caps the address space of the `dataset prepare` job
 process at 200 MB until it has failed `FAIL_ATTEMPTS` times, as a cluster would kill a job
 that exceeds its memory request. The job then fails with a real MemoryError while importing
 its libraries. Snakemake prints each attempt's resources; those are what a cluster executor

@@ -8,22 +8,14 @@ tag2mask.classifier.train. --processes N > 1 trains on N processes (torchrun,
 DistributedDataParallel, one GPU each on CUDA; tag2mask.core.distributed).
 """
 
-from pathlib import Path
-
-from ..core.cli_args import add_action, add_config, add_manifest, add_progress, add_threads
-from ..core.launch import add_processes, relaunch, training_processes
+from ..core import cli_args as cli
+from ..core.launch import relaunch, training_processes
 
 
 def add_actions(actions):
-    p = add_action(actions, "train", "train the peak classifier on image-level tags", __doc__,
-                   run_train)
-    add_manifest(p)
-    add_config(p, "classifier")
-    p.add_argument("--out-dir", required=True, type=Path,
-                   help="folder for classifier.pt, last.pt and log.jsonl")
-    add_threads(p)
-    add_processes(p, "classifier")
-    add_progress(p)
+    p = cli.add_action(actions, "train", "train the peak classifier on image-level tags", __doc__,
+                       run_train)
+    cli.add_training(p, "classifier", "classifier.pt, last.pt and log.jsonl")
 
 
 def run_train(args):

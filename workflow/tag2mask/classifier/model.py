@@ -125,18 +125,16 @@ def load_classifier(path, device="cpu", class_names=None):
     return model.to(device).eval(), meta
 
 
-def load_for_stage(args, section, action):
-    """What a stage that runs the classifier starts from: (options of `tag2mask <section>
-    <action>`, manifest, device, model in eval mode, checkpoint meta), from the command's
-    --config, --runtime, --manifest, --checkpoint and --threads, with the section's `device`."""
-    from ..core.cli_args import set_threads
+def load_for_action(section, action, config, runtime, manifest_path, checkpoint_path):
+    """What an action that runs the classifier starts from (peaks extract, irnet cams,
+    verification rescore): (its options, from --config and --runtime; the manifest; the device
+    its section's `device` names; the model in eval mode; the checkpoint's meta)."""
     from ..core.config import stage_options
     from ..core.devices import resolve_device
     from ..dataset.manifest import read_manifest
 
-    set_threads(args.threads)
-    options = stage_options(args.config, section, action, args.runtime)
-    manifest = read_manifest(args.manifest)
+    options = stage_options(config, section, action, runtime)
+    manifest = read_manifest(manifest_path)
     device = resolve_device(options["device"], f"{section}.device")
-    model, meta = load_classifier(args.checkpoint, device, class_names=manifest.classes)
+    model, meta = load_classifier(checkpoint_path, device, class_names=manifest.classes)
     return options, manifest, device, model, meta

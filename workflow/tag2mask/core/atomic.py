@@ -1,4 +1,4 @@
-"""Write outputs under a temporary name and rename them when complete.
+"""Write outputs under a temporary name and rename them when complete (and read JSON back).
 
 An interrupted stage then never leaves a file that looks finished: the temporary file is
 removed on error, and a killed process leaves only a `.tmp-*` name that no rule reads.
@@ -9,6 +9,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -42,3 +44,14 @@ def write_json(path, data, indent=1):
 def write_text(path, text):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def read_json(path, what):
+    """A JSON file's value; InputError naming the file when it is missing or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"{what} is not valid JSON ({e})") from None

@@ -57,6 +57,19 @@ def add_threads(p, default=None):
                         + ")")
 
 
+def add_training(p, section, outputs):
+    """The arguments every training action shares: --manifest, --config and --runtime,
+    --out-dir (for `outputs`), --threads, --processes (core.launch), --no-progress."""
+    from .launch import add_processes
+
+    add_manifest(p)
+    add_config(p, section)
+    p.add_argument("--out-dir", required=True, type=Path, help=f"folder for {outputs}")
+    add_threads(p)
+    add_processes(p, section)
+    add_progress(p)
+
+
 def add_progress(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log files)")
 

@@ -11,7 +11,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from ..core.cli_args import add_action, add_config
+from ..core import cli_args as cli
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ READERS = {
 
 
 def add_actions(actions):
-    p = add_action(actions, "prepare", "read a dataset into manifest.json + gt/<split>.json",
-                   __doc__, run_prepare)
-    add_config(p, "dataset")
+    p = cli.add_action(actions, "prepare", "read a dataset into manifest.json + gt/<split>.json",
+                       __doc__, run_prepare)
+    cli.add_config(p, "dataset")
     p.add_argument("--out-dir", required=True, type=Path,
                    help="dataset folder: manifest.json, gt/<split>.json and any generated images")
 

@@ -182,12 +182,8 @@ def read(options, out_dir, limits):
             image_path = image_dir / im["file_name"]
             anns = by_image.get(im["id"], [])
             objects = [a for a in anns if not a.get("iscrowd", 0)]
-            if not image_path.is_file():
-                raise InputError(image_path, "image file not found")
-            if not objects:
-                stats.skip(image_path, "no non-crowd annotation (empty tag list)")
-                continue
-            checked = checker.check(image_path, image_id)
+            checked = checker.check_tagged(image_path, image_id, objects,
+                                           "no non-crowd annotation (empty tag list)")
             if checked is None:
                 continue
             h, w = int(im["height"]), int(im["width"])

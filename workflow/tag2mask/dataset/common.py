@@ -141,6 +141,16 @@ class ImageChecker:
             self.stats.skip(path, e.problem)
             return None
 
+    def check_tagged(self, path, image_id, tagged, untagged_reason):
+        """check() of an image with tags; one without (whose file exists) is skipped for
+        `untagged_reason`."""
+        if not Path(path).is_file():
+            raise InputError(path, "image file not found")
+        if not tagged:
+            self.stats.skip(path, untagged_reason)
+            return None
+        return self.check(path, image_id)
+
     def _check(self, path, image_id):
         try:
             with warnings.catch_warnings():

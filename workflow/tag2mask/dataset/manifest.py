@@ -5,12 +5,11 @@ and nothing else: no masks, no boxes, no instance counts. Ground truth for evalu
 separate COCO instances files (see `tag2mask.dataset.groundtruth`). Layout: docs/formats.md.
 """
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..core.atomic import write_json
+from ..core.atomic import read_json, write_json
 from ..core.errors import InputError
 
 FORMAT = "tag2mask-manifest"
@@ -56,13 +55,6 @@ class Manifest:
         if not hasattr(self, "_coco_ids"):
             self._coco_ids = {r.id: i + 1 for i, r in enumerate(self.images)}
         return self._coco_ids[image_id]
-
-    def ground_truth_path(self, split):
-        rel = self.ground_truth.get(split)
-        if rel is None:
-            return None
-        base = self.source.parent if self.source else Path(".")
-        return base / rel
 
 
 def make_record(image_id, path, width, height, split, labels, classes):
@@ -141,12 +133,7 @@ def _check_record(path, rec):
 
 def read_manifest(path):
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "manifest not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
+    data = read_json(path, "manifest")
     if not isinstance(data, dict) or data.get("format") != FORMAT \
             or data.get("version") != VERSION:
         found = data if isinstance(data, dict) else {}

@@ -226,12 +226,8 @@ def read(options, out_dir, limits):
                                  f"(1..{len(classes)}) nor void (255)")
             labels = [classes[c - 1] for c in values if 1 <= c <= len(classes)]
             image_path = source.image_path(image_id)
-            if not image_path.is_file():
-                raise InputError(image_path, "image file not found")
-            if not labels:
-                stats.skip(image_path, "no object of the VOC classes in its class map")
-                continue
-            checked = checker.check(image_path, image_id)
+            checked = checker.check_tagged(image_path, image_id, labels,
+                                           "no object of the VOC classes in its class map")
             if checked is None:
                 continue
             if (checked.source_width, checked.source_height) != (cls.shape[1], cls.shape[0]):

@@ -15,14 +15,14 @@ categories + annotations) that pycocotools COCO() loads as a dataset.
 import logging
 from pathlib import Path
 
-from ..core.cli_args import add_action, add_config
+from ..core import cli_args as cli
 
 log = logging.getLogger(__name__)
 
 
 def add_actions(actions):
-    p = add_action(actions, "score", "mask mAP@0.25/0.5/0.75, COCO AP and ABO of predictions "
-                                     "against ground truth", __doc__, run_score)
+    p = cli.add_action(actions, "score", "mask mAP@0.25/0.5/0.75, COCO AP and ABO of predictions "
+                       "against ground truth", __doc__, run_score)
     p.add_argument("--gt", required=True, type=Path,
                    help="ground truth: COCO instances JSON (results/<run>/dataset/gt/<split>.json)")
     p.add_argument("--predictions", required=True, type=Path,
@@ -31,11 +31,11 @@ def add_actions(actions):
     p.add_argument("--manifest", type=Path,
                    help="dataset manifest: needed for a .h5 store (COCO image ids); when given, "
                         "also checked against the ground truth's image names")
-    add_config(p, "evaluation")
+    cli.add_config(p, "evaluation")
     p.add_argument("--out", required=True, type=Path, help="evaluation JSON to write")
 
-    p = add_action(actions, "export-coco",
-                   "pseudo-mask store -> COCO results (or instances) JSON", __doc__, run_export)
+    p = cli.add_action(actions, "export-coco",
+                       "pseudo-mask store -> COCO results (or instances) JSON", __doc__, run_export)
     p.add_argument("--store", required=True, type=Path, help="pseudo-mask store (.h5)")
     p.add_argument("--manifest", required=True, type=Path,
                    help="dataset manifest (COCO image ids, class names, image sizes)")

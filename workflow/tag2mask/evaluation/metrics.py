@@ -23,7 +23,6 @@ is null.
 
 import contextlib
 import io
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +32,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..core.atomic import read_json
 from ..core.errors import InputError
 from ..core.masks import segmentation_to_rle
 from ..core.store import StoreReader
@@ -45,16 +45,6 @@ DEFAULT_IOU_THRESHOLDS = (0.25, 0.5, 0.75)
 
 # ---------------------------------------------------------------------------------------------
 # reading inputs
-
-def read_json(path, what):
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, f"{what} not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"{what} is not valid JSON ({e})") from None
-
 
 def read_ground_truth(path):
     """A COCO instances dict (images, annotations, categories), checked for the keys we use."""

@@ -21,60 +21,48 @@ irnet`. No action reads ground truth. `--config` takes the `irnet` section.
 import logging
 from pathlib import Path
 
-from ..core.cli_args import (
-    add_action,
-    add_config,
-    add_gather,
-    add_manifest,
-    add_progress,
-    add_shard,
-    add_threads,
-)
-from ..core.launch import add_processes, relaunch, training_processes
+from ..core import cli_args as cli
+from ..core.launch import relaunch, training_processes
 
 log = logging.getLogger(__name__)
 
 
 def add_actions(actions):
-    p = add_action(actions, "cams", "multi-scale class activation maps of one shard", __doc__,
-                   run_cams)
-    add_manifest(p)
+    p = cli.add_action(actions, "cams", "multi-scale class activation maps of one shard", __doc__,
+                       run_cams)
+    cli.add_manifest(p)
     p.add_argument("--checkpoint", required=True, type=Path, help="classifier.pt")
-    add_config(p, "irnet")
-    add_shard(p)
+    cli.add_config(p, "irnet")
+    cli.add_shard(p)
     p.add_argument("--out", required=True, type=Path, help="the cams store (.h5)")
-    add_threads(p)
-    add_progress(p)
+    cli.add_threads(p)
+    cli.add_progress(p)
 
-    add_gather(actions, "cams")
+    cli.add_gather(actions, "cams")
 
-    p = add_action(actions, "relations", "relation seeds from the CAMs", __doc__,
-                   run_relations)
+    p = cli.add_action(actions, "relations", "relation seeds from the CAMs", __doc__,
+                       run_relations)
     p.add_argument("--cams", required=True, type=Path, help="the gathered cams store")
-    add_manifest(p)
-    add_config(p, "irnet")
+    cli.add_manifest(p)
+    cli.add_config(p, "irnet")
     p.add_argument("--out", required=True, type=Path, help="the relation-seeds store (.h5)")
-    add_progress(p)
+    cli.add_progress(p)
 
-    p = add_action(actions, "train", "train IRNet's boundary and displacement branches",
-                   __doc__, run_train)
-    add_manifest(p)
+    p = cli.add_action(actions, "train", "train IRNet's boundary and displacement branches",
+                       __doc__, run_train)
     p.add_argument("--checkpoint", required=True, type=Path, help="classifier.pt (backbone)")
     p.add_argument("--seeds", required=True, type=Path, help="the relation-seeds store")
-    add_config(p, "irnet")
-    p.add_argument("--out-dir", required=True, type=Path,
-                   help="folder for irnet.pt, last.pt and log.jsonl")
-    add_threads(p)
-    add_processes(p, "irnet")
-    add_progress(p)
+    cli.add_training(p, "irnet", "irnet.pt, last.pt and log.jsonl")
 
 
 def run_cams(args):
-    from ..classifier.model import load_for_stage
+    from ..classifier.model import load_for_action
     from ..core.shards import select_shard
     from .class_maps import write_cams
 
-    options, manifest, device, model, meta = load_for_stage(args, "irnet", "cams")
+    cli.set_threads(args.threads)
+    options, manifest, device, model, meta = load_for_action(
+        "irnet", "cams", args.config, args.runtime, args.manifest, args.checkpoint)
     input_size = options["input_size"] or meta["input_size"]
     records, _ = select_shard(manifest, ["train"], args.shard, args.num_shards, "irnet")
     log.info("shard %d/%d: %d images on %s, input %d px, classifier %s (%s)", args.shard,

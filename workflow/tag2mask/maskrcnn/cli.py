@@ -16,26 +16,20 @@ import json
 import logging
 from pathlib import Path
 
-from ..core.cli_args import add_action, add_config, add_progress, add_threads, set_threads
-from ..core.launch import add_processes, relaunch, training_processes
+from ..core import cli_args as cli
+from ..core.launch import relaunch, training_processes
 
 log = logging.getLogger(__name__)
 
 
 def add_actions(actions):
-    p = add_action(actions, "train", "train Mask R-CNN on a pseudo-mask store", __doc__,
-                   run_train)
+    p = cli.add_action(actions, "train", "train Mask R-CNN on a pseudo-mask store", __doc__,
+                       run_train)
     p.add_argument("--store", required=True, type=Path, help="pseudo_masks HDF5 store")
-    p.add_argument("--manifest", required=True, type=Path, help="dataset manifest.json")
-    p.add_argument("--out-dir", required=True, type=Path,
-                   help="folder for model.pt, log.jsonl and checkpoints/")
-    add_config(p, "maskrcnn")
-    add_threads(p)
-    add_processes(p, "maskrcnn")
-    add_progress(p)
+    cli.add_training(p, "maskrcnn", "model.pt, log.jsonl and checkpoints/")
 
-    p = add_action(actions, "predict", "Mask R-CNN predictions as COCO results JSON", __doc__,
-                   run_predict)
+    p = cli.add_action(actions, "predict", "Mask R-CNN predictions as COCO results JSON", __doc__,
+                       run_predict)
     p.add_argument("--checkpoint", required=True, type=Path, help="model.pt of `train`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="dataset manifest.json (with --split)")
@@ -43,12 +37,12 @@ def add_actions(actions):
     p.add_argument("--split", default="val", help="manifest split to predict (default: val)")
     p.add_argument("--out", required=True, type=Path, help="COCO results JSON to write")
     p.add_argument("--overlays", type=Path, help="also write overlay PNGs into this folder")
-    add_config(p, "maskrcnn (its prediction keys: score_threshold, mask_threshold, ...)",
-               required=False)
+    cli.add_config(p, "maskrcnn (its prediction keys: score_threshold, mask_threshold, ...)",
+                   required=False)
     p.add_argument("--batch-size", type=int, help="images per batch (default: predict_batch_size)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's")
-    add_threads(p)
-    add_progress(p)
+    cli.add_threads(p)
+    cli.add_progress(p)
 
 
 def run_train(args):
@@ -58,7 +52,7 @@ def run_train(args):
     relaunch(training_processes(args, options))  # (before torch is imported)
     from .train import train
 
-    set_threads(args.threads)
+    cli.set_threads(args.threads)
     train(options, args.store, args.manifest, args.out_dir, progress=not args.no_progress)
 
 
@@ -75,7 +69,7 @@ def run_predict(args):
         predict,
     )
 
-    set_threads(args.threads)
+    cli.set_threads(args.threads)
     if args.manifest is not None:
         items, classes = manifest_items(args.manifest, args.split)
     else:

@@ -44,7 +44,7 @@ class ImageList(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            # a folder of new images is checked as prepare-dataset checks a dataset's: damaged
+            # a folder of new images is checked as dataset prepare checks a dataset's: damaged
             # JPEG data or PNG CRCs (which PIL decodes without a word) are skipped too
             problem = damage_problem(self.paths[i]) if self.skip_bad else None
             if problem:

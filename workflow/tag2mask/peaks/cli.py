@@ -14,35 +14,27 @@ evaluate reads ground truth and is an evaluation stage only (tag2mask.peaks.qual
 import logging
 from pathlib import Path
 
-from ..core.cli_args import (
-    add_action,
-    add_config,
-    add_gather,
-    add_manifest,
-    add_progress,
-    add_shard,
-    add_threads,
-)
+from ..core import cli_args as cli
 
 log = logging.getLogger(__name__)
 
 
 def add_actions(actions):
-    p = add_action(actions, "extract", "class peaks and peak response maps of one shard",
-                   __doc__, run_extract)
-    add_manifest(p)
+    p = cli.add_action(actions, "extract", "class peaks and peak response maps of one shard",
+                       __doc__, run_extract)
+    cli.add_manifest(p)
     p.add_argument("--checkpoint", required=True, type=Path, help="classifier.pt")
-    add_config(p, "peaks")
-    add_shard(p)
+    cli.add_config(p, "peaks")
+    cli.add_shard(p)
     p.add_argument("--out", required=True, type=Path, help="the peaks store (.h5)")
     p.add_argument("--panels", type=Path, default=None, help="folder for the panel PNGs")
-    add_threads(p)
-    add_progress(p)
+    cli.add_threads(p)
+    cli.add_progress(p)
 
-    add_gather(actions, "peaks")
+    cli.add_gather(actions, "peaks")
 
-    p = add_action(actions, "evaluate", "peak quality against ground truth (evaluation)",
-                   __doc__, run_evaluate)
+    p = cli.add_action(actions, "evaluate", "peak quality against ground truth (evaluation)",
+                       __doc__, run_evaluate)
     p.add_argument("--peaks", required=True, type=Path, help="the gathered peaks store")
     p.add_argument("--gt", required=True, nargs="+", type=Path,
                    help="COCO ground-truth file(s) of the splits in the store")
@@ -50,13 +42,15 @@ def add_actions(actions):
 
 
 def run_extract(args):
-    from ..classifier.model import load_for_stage
+    from ..classifier.model import load_for_action
     from ..core.cpu_memory import keep_freed_memory
     from ..core.shards import select_shard
     from .extract import extract, resolve_response_layer
 
     keep_freed_memory()  # the batched backward's large tensors: no page faults on each reuse
-    options, manifest, device, model, meta = load_for_stage(args, "peaks", "extract")
+    cli.set_threads(args.threads)
+    options, manifest, device, model, meta = load_for_action(
+        "peaks", "extract", args.config, args.runtime, args.manifest, args.checkpoint)
     model.requires_grad_(False)  # only input gradients are needed
     input_size = options["input_size"] or meta["input_size"]
     options["response_layer"] = resolve_response_layer(options["response_layer"],

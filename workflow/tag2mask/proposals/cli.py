@@ -17,32 +17,32 @@ import json
 import logging
 from pathlib import Path
 
-from ..core.cli_args import add_action, add_config, add_gather, add_manifest, add_shard
+from ..core import cli_args as cli
 from ..core.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
 def add_actions(actions):
-    p = add_action(actions, "make", "mask proposals of one shard of the images", __doc__,
-                   run_make)
-    add_manifest(p)
-    add_config(p, "proposals")
-    add_shard(p)
+    p = cli.add_action(actions, "make", "mask proposals of one shard of the images", __doc__,
+                       run_make)
+    cli.add_manifest(p)
+    cli.add_config(p, "proposals")
+    cli.add_shard(p)
     p.add_argument("--out", required=True, type=Path, help="the proposals store (.h5)")
 
-    p = add_action(actions, "import", "import external proposals (COCO-RLE JSON)", __doc__,
-                   run_import)
-    add_manifest(p)
+    p = cli.add_action(actions, "import", "import external proposals (COCO-RLE JSON)", __doc__,
+                       run_import)
+    cli.add_manifest(p)
     p.add_argument("--json", required=True, type=Path,
                    help="{image id or file name: [{segmentation: RLE dict, score}]}")
-    add_config(p, "proposals", required=False)
+    cli.add_config(p, "proposals", required=False)
     p.add_argument("--out", required=True, type=Path, help="the proposals store (.h5)")
 
-    add_gather(actions, "proposals")
+    cli.add_gather(actions, "proposals")
 
-    p = add_action(actions, "evaluate", "ABO / recall of a proposals store vs GT (evaluation)",
-                   __doc__, run_evaluate)
+    p = cli.add_action(actions, "evaluate", "ABO / recall of a proposals store vs GT (evaluation)",
+                       __doc__, run_evaluate)
     p.add_argument("--proposals", required=True, type=Path, help="proposals store (.h5)")
     p.add_argument("--gt", required=True, nargs="+", metavar="SPLIT=FILE",
                    help="ground truth per split: COCO instances JSON (crowd excluded)")

@@ -14,13 +14,13 @@ InputError naming the file and the problem: malformed JSON, an image the manifes
 have, a mask whose size is not the image's, a malformed RLE or score.
 """
 
-import json
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
+from ..core.atomic import read_json
 from ..core.errors import InputError
 from ..core.masks import checked_counts
 
@@ -30,12 +30,7 @@ log = logging.getLogger(__name__)
 def read_external(path):
     """Parse the JSON file: {image key: list of proposal dicts}."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "external proposals file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"not valid JSON ({e})") from None
+    data = read_json(path, "external proposals file")
     if not isinstance(data, dict):
         raise InputError(path, "expected a JSON object {image: [{segmentation, score}, ...]}")
     for key, items in data.items():

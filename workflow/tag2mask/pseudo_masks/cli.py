@@ -14,38 +14,29 @@ ground truth.
 import logging
 from pathlib import Path
 
-from ..core.cli_args import (
-    add_action,
-    add_config,
-    add_gather,
-    add_manifest,
-    add_progress,
-    add_shard,
-    add_threads,
-    set_threads,
-)
+from ..core import cli_args as cli
 from ..core.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
 def add_actions(actions):
-    p = add_action(actions, "make", "one shard of the pseudo masks, by a method", __doc__,
-                   run_make)
+    p = cli.add_action(actions, "make", "one shard of the pseudo masks, by a method", __doc__,
+                       run_make)
     p.add_argument("--method", required=True,
                    help="the method (pseudo_masks.method), e.g. retrieval or irnet")
     p.add_argument("--input", nargs="+", action="extend", default=[], metavar="NAME=PATH",
                    help="an input the method reads (repeatable; the names its Method lists)")
-    add_manifest(p)
-    add_config(p, "the method's")
-    add_shard(p)
+    cli.add_manifest(p)
+    cli.add_config(p, "the method's")
+    cli.add_shard(p)
     p.add_argument("--out", required=True, type=Path, help="the pseudo-mask shard store (.h5)")
     p.add_argument("--panels", type=Path, default=None,
                    help="folder for pictures of the first images (where the method draws any)")
-    add_threads(p, default=1)
-    add_progress(p)
+    cli.add_threads(p, default=1)
+    cli.add_progress(p)
 
-    add_gather(actions, "pseudo_masks")
+    cli.add_gather(actions, "pseudo_masks")
 
 
 def method_inputs(method, items):
@@ -66,7 +57,7 @@ def run_make(args):
     from ..core.config import stage_options
     from .methods import get_method
 
-    set_threads(args.threads)
+    cli.set_threads(args.threads)
     try:
         method = get_method(args.method)
     except KeyError as e:

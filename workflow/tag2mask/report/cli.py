@@ -18,31 +18,17 @@ A part that is not given is shown as "not available" with the reason the run fac
 
 import logging
 import re
+from dataclasses import fields
 from pathlib import Path
 
-from ..core.cli_args import add_action, add_config
+from ..core import cli_args as cli
 from ..core.errors import InputError
 from .readers import NOT_GIVEN, Part, ReportInputs
 
 log = logging.getLogger(__name__)
 
 # input name (a ReportInputs field) -> help
-INPUTS = {
-    "pseudo_eval": "evaluation JSON of the pseudo masks (train)",
-    "maskrcnn_train_eval": "evaluation JSON of Mask R-CNN on the training images",
-    "maskrcnn_eval": "evaluation JSON of Mask R-CNN on val",
-    "upper_bound_eval": "evaluation JSON of the upper bound (on the eval split)",
-    "classifier_log": "classifier log.jsonl",
-    "maskrcnn_log": "Mask R-CNN log.jsonl",
-    "upper_bound_log": "upper-bound Mask R-CNN log.jsonl",
-    "peaks": "peaks store",
-    "peaks_quality": "peak quality JSON (peaks evaluate; evaluation side)",
-    "proposals_quality": "proposal quality JSON (proposals evaluate; evaluation side)",
-    "pseudo_masks": "pseudo-mask store",
-    "predictions_val": "Mask R-CNN COCO results on val",
-    "gt_train": "ground truth of the train split (pictures only)",
-    "gt_val": "ground truth of the val split (pictures only)",
-}
+INPUTS = {f.name: f.metadata["help"] for f in fields(ReportInputs) if "help" in f.metadata}
 # round_<kind>_<r> -> the ReportInputs field holding {r: Part}
 ROUND_INPUT = re.compile(r"round_(eval|log|store)_(\d+)")
 ROUND_FIELDS = {"eval": "round_evals", "log": "round_logs", "store": "round_stores"}
@@ -69,11 +55,11 @@ def add_actions(actions):
     doc = __doc__.format(inputs="\n".join(f"    {name}: {text}" for name, text in
                                           [("manifest", "dataset manifest.json")]
                                           + list(INPUTS.items())))
-    p = add_action(actions, "build", "self-contained HTML report of a run", doc, run_build)
+    p = cli.add_action(actions, "build", "self-contained HTML report of a run", doc, run_build)
     p.add_argument("--out", required=True, type=Path, help="HTML file to write")
     p.add_argument("--input", nargs="+", action="extend", default=[], metavar="NAME=PATH",
                    help="an input of the report (repeatable; names above)")
-    add_config(p, "report", required=False)
+    cli.add_config(p, "report", required=False)
     p.add_argument("--run-name", default="", help="name shown in the title")
     p.add_argument("--eval-split", default="val",
                    help="split the upper bound and self-training rounds were evaluated on")

@@ -33,34 +33,40 @@ class Part:
         return self.reason
 
 
+def _input(help):
+    """An optional input of the report (`--input NAME=PATH`; tag2mask.report.cli lists them)."""
+    return field(default_factory=Part, metadata={"help": help})
+
+
 @dataclass
 class ReportInputs:
     manifest: Path
     run_name: str = ""
     eval_split: str = "val"  # split of the upper-bound and self-training evaluations
     rounds_reason: str = "self-training was not run"  # shown when round_evals is empty
-    pseudo_eval: Part = field(default_factory=Part)         # pseudo masks vs GT (train)
-    maskrcnn_train_eval: Part = field(default_factory=Part)  # Mask R-CNN on the train images
-    maskrcnn_eval: Part = field(default_factory=Part)        # Mask R-CNN on val
-    upper_bound_eval: Part = field(default_factory=Part)     # GT-trained Mask R-CNN on val
+    pseudo_eval: Part = _input("evaluation JSON of the pseudo masks (train)")
+    maskrcnn_train_eval: Part = _input("evaluation JSON of Mask R-CNN on the training images")
+    maskrcnn_eval: Part = _input("evaluation JSON of Mask R-CNN on val")
+    upper_bound_eval: Part = _input("evaluation JSON of the upper bound (on the eval split)")
+    classifier_log: Part = _input("classifier log.jsonl")
+    maskrcnn_log: Part = _input("Mask R-CNN log.jsonl")
+    upper_bound_log: Part = _input("upper-bound Mask R-CNN log.jsonl")
+    peaks: Part = _input("peaks store")
+    peaks_quality: Part = _input("peak quality JSON (peaks evaluate; evaluation side)")
+    proposals_quality: Part = _input("proposal quality JSON (proposals evaluate; evaluation "
+                                     "side)")
+    pseudo_masks: Part = _input("pseudo-mask store")
+    predictions_val: Part = _input("Mask R-CNN COCO results on val")
+    gt_train: Part = _input("ground truth of the train split (pictures only)")
+    gt_val: Part = _input("ground truth of the val split (pictures only)")
     round_evals: dict = field(default_factory=dict)          # round -> Part (val)
     round_stores: dict = field(default_factory=dict)         # round -> Part (pseudo masks)
-    classifier_log: Part = field(default_factory=Part)
-    maskrcnn_log: Part = field(default_factory=Part)
-    upper_bound_log: Part = field(default_factory=Part)
     round_logs: dict = field(default_factory=dict)           # round -> Part
     benchmarks: Part = field(default_factory=Part)           # folder of Snakemake .tsv files
     shards: int | None = None  # this run's shard count: older runs' extra shard files are stale
     rounds: int | None = None  # this run's self-training rounds (likewise for later rounds)
     upper_bound: bool | None = None  # whether this run trains the upper bound
     val_split: bool | None = None  # whether this run has a val split
-    peaks: Part = field(default_factory=Part)
-    peaks_quality: Part = field(default_factory=Part)      # peaks evaluate's JSON
-    proposals_quality: Part = field(default_factory=Part)  # proposals evaluate's JSON
-    pseudo_masks: Part = field(default_factory=Part)
-    predictions_val: Part = field(default_factory=Part)      # COCO results of Mask R-CNN on val
-    gt_train: Part = field(default_factory=Part)
-    gt_val: Part = field(default_factory=Part)
 
 
 def read_evaluation(part):

@@ -11,12 +11,12 @@ predicted with `tag2mask maskrcnn train|predict`.
 
 from pathlib import Path
 
-from ..core.cli_args import add_action, add_config
+from ..core import cli_args as cli
 
 
 def add_actions(actions):
-    p = add_action(actions, "masks", "next self-training round's pseudo masks: predictions on "
-                                     "the training images merged with peaks and the previous "
+    p = cli.add_action(actions, "masks", "next self-training round's pseudo masks: predictions on "
+                       "the training images merged with peaks and the previous "
                                      "pseudo masks", __doc__, run_masks)
     p.add_argument("--predictions", required=True, type=Path,
                    help="COCO results JSON of the previous round's model on the train split")
@@ -24,7 +24,7 @@ def add_actions(actions):
     p.add_argument("--previous", required=True, type=Path,
                    help="the previous round's pseudo-mask store")
     p.add_argument("--manifest", required=True, type=Path, help="dataset manifest.json")
-    add_config(p, "self_training")
+    cli.add_config(p, "self_training")
     p.add_argument("--out", required=True, type=Path, help="pseudo-mask store (.h5) to write")
 
 

@@ -19,7 +19,7 @@ image from those predictions, the image's peaks (peaks store) and round r-1's ps
 The store has the pseudo-mask layout (docs/formats.md) plus `origin` (int8 [N]: 1 = kept
 prediction, 0 = carried over from round r-1); the merge counts are the root attr `merge_stats`.
 The next model is trained from scratch on the new store, with the same schedule as round 0
-(the `train-maskrcnn` command unchanged), so rounds differ only in their training targets.
+(the `maskrcnn train` command unchanged), so rounds differ only in their training targets.
 """
 
 import json

@@ -10,12 +10,12 @@ Layout: tag2mask.upper_bound.gt_masks.
 
 from pathlib import Path
 
-from ..core.cli_args import add_action
+from ..core import cli_args as cli
 
 
 def add_actions(actions):
-    p = add_action(actions, "gt-masks", "(upper bound, evaluation side) GT masks of a split as "
-                                        "a pseudo_masks store", __doc__, run_gt_masks)
+    p = cli.add_action(actions, "gt-masks", "(upper bound, evaluation side) GT masks of a split as "
+                       "a pseudo_masks store", __doc__, run_gt_masks)
     p.add_argument("--gt", required=True, type=Path,
                    help="ground truth COCO instances JSON of the training split "
                         "(results/<run>/dataset/gt/train.json)")

@@ -13,34 +13,30 @@ mask (its box with a margin; the image outside the mask blanked).
 import logging
 from pathlib import Path
 
-from ..core.cli_args import (
-    add_action,
-    add_config,
-    add_manifest,
-    add_progress,
-    add_threads,
-)
+from ..core import cli_args as cli
 
 log = logging.getLogger(__name__)
 
 
 def add_actions(actions):
-    p = add_action(actions, "rescore", "pseudo masks -> the same, rescored by the classifier",
-                   __doc__, run_rescore)
+    p = cli.add_action(actions, "rescore", "pseudo masks -> the same, rescored by the classifier",
+                       __doc__, run_rescore)
     p.add_argument("--store", required=True, type=Path, help="pseudo-mask store (.h5)")
     p.add_argument("--checkpoint", required=True, type=Path, help="classifier checkpoint")
-    add_manifest(p)
-    add_config(p, "verification")
+    cli.add_manifest(p)
+    cli.add_config(p, "verification")
     p.add_argument("--out", required=True, type=Path, help="the rescored store (.h5)")
-    add_threads(p, default=1)
-    add_progress(p)
+    cli.add_threads(p, default=1)
+    cli.add_progress(p)
 
 
 def run_rescore(args):
-    from ..classifier.model import load_for_stage
+    from ..classifier.model import load_for_action
     from .rescore import rescore_store
 
-    options, manifest, device, model, meta = load_for_stage(args, "verification", "rescore")
+    cli.set_threads(args.threads)
+    options, manifest, device, model, meta = load_for_action(
+        "verification", "rescore", args.config, args.runtime, args.manifest, args.checkpoint)
     options["input_size"] = options["input_size"] or meta["input_size"]
     log.info("%s: classifier %s (%s) at %d px on %s", args.store, args.checkpoint,
              meta["backbone"], options["input_size"], device)
