@@ -1,6 +1,6 @@
 # tag2mask: instance segmentation from image-level labels, as a Snakemake workflow.
 #   snakemake --cores 2                                 # the synthetic demo (config/config.yaml)
-#   snakemake --cores 8 --configfile config/voc.yaml    # another dataset
+#   snakemake --cores 8 --configfile my.yaml            # your dataset (config/*.yaml: examples)
 # Every rule calls one `tag2mask` subcommand with explicit files; see README.md.
 
 import sys
@@ -11,17 +11,22 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: f"{workflow.basedir}/config/config.yaml"
-
-
-# The package's check: renamed keys moved (with a warning), the config validated against the
-# schema (the error is one line naming the key) and completed with its defaults.
+# The user's config: the --configfile files (and --config values), or without a config file
+# the embedded default, the synthetic demo (config/config.yaml). The package merges it over
+# the preset made for its dataset (tag2mask.core.presets), moves renamed keys (with a
+# warning), validates it against the schema (the error is one line naming the key) and fills
+# in the defaults.
 sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not pip-installed
-from tag2mask.core.config import check_config_paths, complete_config  # noqa: E402
+from tag2mask.core.config import check_config_paths, complete_config, load_yaml, merged  # noqa: E402
 from tag2mask.core.errors import InputError  # noqa: E402
+from tag2mask.core.presets import choose  # noqa: E402
 
+_given = dict(config)
+if not workflow.config_settings.configfiles:
+    _given = merged(load_yaml(f"{workflow.basedir}/config/config.yaml"), _given)
+PRESET = "preset {} ({})".format(*choose(_given))
 try:
-    _complete = complete_config(config, where="workflow config")
+    _complete = complete_config(_given, where="workflow config")
     # Dataset roots, annotation files, image folders, weights files: a wrong path stops the
     # workflow here (snakemake -n too), naming the config key; relative to the working
     # directory.
@@ -30,6 +35,7 @@ except InputError as e:
     raise WorkflowError(str(e)) from None
 config.clear()
 config.update(_complete)
+print(f"tag2mask: settings: {PRESET}", file=sys.stderr)
 
 
 # Each rule file after common.smk is one stage (gather.smk: the gather rule they share); their

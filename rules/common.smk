@@ -13,6 +13,7 @@ sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not
 from tag2mask.core.code_digest import code_digest, module_digest  # noqa: E402
 from tag2mask.core.options import RUNTIME_ENV, action_options_json, runtime_options  # noqa: E402
 from tag2mask.pseudo_masks.methods import get_method  # noqa: E402
+from tag2mask.report.provenance import RUN_ENV, run_record  # noqa: E402
 
 RUN = f"results/{config['run_name']}"
 DATA = f"{RUN}/dataset"
@@ -64,6 +65,8 @@ os.environ.update({
         p for p in (f"{workflow.basedir}/workflow", os.environ.get("PYTHONPATH")) if p),
     "TAG2MASK_PYTHON": "python" if _CONDA else sys.executable,
     RUNTIME_ENV: json.dumps(runtime_options(config), sort_keys=True),
+    # what the report says produced the run (tag2mask/report/provenance.py)
+    RUN_ENV: run_record(config, PRESET, sys.argv),
 })
 
 

@@ -71,9 +71,11 @@ rule predict:
 
 
 # Masks for new images (config key predict_images, e.g. --config predict_images=DIR): the
-# run's trained Mask R-CNN on every image in DIR, written to {RUN}/predict/<DIR's name>/ as
-# predictions.json (COCO results, `predictions.json.images.json` maps the image ids to file
-# names) and overlays/ (one PNG per image). Unreadable images are logged and skipped.
+# run's trained Mask R-CNN on every image in DIR (and its sub-folders with
+# maskrcnn.images_recursive), written to {RUN}/predict/<DIR's name>/ as predictions.json (COCO
+# results scoring maskrcnn.images_score_threshold; `predictions.json.images.json` maps the
+# image ids to file names) and overlays/ (one PNG per image). Unreadable images are logged and
+# skipped.
 PREDICT_FOLDERS = {}  # folder name -> the folder
 if config["predict_images"]:
     _folder = os.path.normpath(os.path.expanduser(str(config["predict_images"])))
@@ -91,7 +93,7 @@ rule predict_images:
     wildcard_constraints:
         folder="|".join(map(re.escape, PREDICT_FOLDERS)) or "(?!)",
     params:
-        **action_params("maskrcnn predict"),
+        **action_params("maskrcnn predict-images"),
     log:
         log_file("predict_images/{folder}"),
     benchmark:
@@ -102,7 +104,7 @@ rule predict_images:
     resources:
         **job_resources(8000, 120, gpu=one_gpu("maskrcnn")),
     shell:
-        tag2mask("maskrcnn predict --checkpoint {input.model:q} --images {input.images:q} "
+        tag2mask("maskrcnn predict-images --checkpoint {input.model:q} --images {input.images:q} "
                  "--out {output.predictions:q} --overlays {output.overlays:q} "
                  "--config {params.options:q} --threads {threads} --no-progress")
 

@@ -36,5 +36,34 @@ rule make_pseudo_masks:
                  "--no-progress")
 
 
-PSEUDO_MASKS_TARGETS = [PSEUDO_MASKS]
+# The pseudo masks as a COCO instances JSON (with a confidence cut), for any COCO detector.
+PSEUDO_MASKS_COCO = f"{RUN}/pseudo_masks/pseudo_masks.coco.json"
+
+
+rule export_pseudo_masks:
+    input:
+        store=PSEUDO_MASKS,
+        manifest=MANIFEST,
+    output:
+        PSEUDO_MASKS_COCO,
+    params:
+        **action_params("pseudo_masks export-coco"),
+        # pseudo_masks.export_min_score, or Mask R-CNN's training cut
+        min_score=(config["maskrcnn"]["min_score"]
+                   if config["pseudo_masks"]["export_min_score"] is None
+                   else config["pseudo_masks"]["export_min_score"]),
+    log:
+        log_file("export_pseudo_masks"),
+    benchmark:
+        benchmark_file("export_pseudo_masks")
+    conda:
+        ENV
+    resources:
+        **job_resources(4000, 30),
+    shell:
+        tag2mask("pseudo_masks export-coco --store {input.store:q} --manifest {input.manifest:q} "
+                 "--min-score {params.min_score} --out {output:q}")
+
+
+PSEUDO_MASKS_TARGETS = [PSEUDO_MASKS, PSEUDO_MASKS_COCO]
 PSEUDO_MASKS_REPORT_INPUTS = {"pseudo_masks": PSEUDO_MASKS}

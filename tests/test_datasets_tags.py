@@ -54,6 +54,23 @@ def test_tags_reads_labels_and_skips_empty(folder, tmp_path):
     assert prepared.manifest.images[0].labels == ("dog", "cat")
 
 
+def test_multi_word_class_names_are_separated_by_semicolons(folder, tmp_path):
+    """COCO's and VOC's own names hold spaces: `;` separates names, and a field without `;`
+    is the older space-separated form."""
+    csv = write_csv(tmp_path / "labels.csv", [
+        'a.jpg,traffic light;potted plant', 'b.jpg,"dining table; cat "', "c.png,traffic light;",
+        "sub/d.jpg,cat dog"])
+    m = tags.read({"images": str(folder), "labels_csv": str(csv)}, tmp_path / "o",
+                  LIMITS).manifest
+    assert m.classes == ["cat", "dining table", "dog", "potted plant", "traffic light"]
+    assert [(r.id, r.labels) for r in m.images] == [
+        ("a.jpg", ("potted plant", "traffic light")), ("b.jpg", ("cat", "dining table")),
+        ("c.png", ("traffic light",)), ("sub/d.jpg", ("cat", "dog"))]
+    with pytest.raises(InputError, match="line 2: unknown class 'traffic'"):
+        tags.read_rows(write_csv(tmp_path / "old.csv", ["a.jpg,traffic light"]),
+                       classes=["traffic light"])
+
+
 def test_tags_val_fraction_is_a_stable_hash(tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -258,11 +258,19 @@ def test_evaluate_command_on_store_and_on_export(tmp_path, tiny_manifest):
     manifest = read_manifest(tiny_manifest)
     m = write_pseudo_store(tmp_path / "pm.h5", manifest)
     (tmp_path / "gt.json").write_text(json.dumps(gt_for_manifest(manifest, [(m[0], 0)])))
-    assert main(["evaluation", "export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
-                 str(tiny_manifest), "--out", str(tmp_path / "res.json")]) == 0
-    assert main(["evaluation", "export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
-                 str(tiny_manifest), "--out", str(tmp_path / "inst.json"), "--as-instances"]) == 0
-    assert sorted(COCO(str(tmp_path / "inst.json")).getImgIds()) == [1, 2]
+    export = ["pseudo_masks", "export-coco", "--store", str(tmp_path / "pm.h5"), "--manifest",
+              str(tiny_manifest)]
+    assert main([*export, "--out", str(tmp_path / "res.json"), "--as-results"]) == 0
+    assert main([*export, "--out", str(tmp_path / "inst.json")]) == 0
+    instances = COCO(str(tmp_path / "inst.json"))
+    assert sorted(instances.getImgIds()) == [1, 2] and len(instances.getAnnIds()) == 2
+    # with a min_score cut: the 0.4 mask is left out, both images still listed
+    assert main([*export, "--out", str(tmp_path / "cut.json"), "--min-score", "0.5"]) == 0
+    cut = COCO(str(tmp_path / "cut.json"))
+    assert sorted(cut.getImgIds()) == [1, 2]
+    [ann] = cut.loadAnns(cut.getAnnIds())
+    assert ann["score"] == pytest.approx(0.9) and ann["category_id"] == 1
+    assert ann["bbox"] == [3, 2, 9, 8] and ann["area"] == 72 and ann["iscrowd"] == 0
     reports = []
     for predictions in ("pm.h5", "res.json"):
         out = tmp_path / f"eval-{predictions}.json"

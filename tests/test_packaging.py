@@ -1,6 +1,8 @@
 """The conda environment the rules declare lists the same dependencies as pyproject.toml
 (its dependencies plus the `pretrained` extra, which the demo config uses)."""
 
+import json
+import os
 import re
 import tomllib
 
@@ -33,3 +35,40 @@ def test_every_rule_declares_the_conda_env(repo):
         rules = re.findall(r"^\s*(?:checkpoint|rule) (\w+):", text, re.M)
         conda = re.findall(r"^(\s+)conda:\n\1    ENV$", text, re.M)
         assert len(rules) == len(conda), f"{smk.name}: every rule needs conda: ENV"
+
+
+def test_a_non_editable_install_prepares_a_dataset_and_checks_a_config(repo, tmp_path):
+    """The wheel carries what the commands read besides code (the config schema, the presets,
+    the report's templates): installed into a folder of its own and run from elsewhere, it
+    prepares a dataset from a config file and names a wrong key."""
+    import subprocess
+    import sys
+    import zipfile
+
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(dist), str(repo)], check=True, capture_output=True,
+                   timeout=300)
+    wheel = next(dist.glob("tag2mask-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"tag2mask/core/schema.yaml", "tag2mask/presets/synthetic.yaml",
+            "tag2mask/presets/photos.yaml", "tag2mask/report/templates/report.html.j2"} <= names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(site), str(wheel)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = lambda *args: subprocess.run([sys.executable, *args], capture_output=True,
+                                       text=True, env=env, cwd=tmp_path, timeout=300)
+    where = run("-c", "import tag2mask; print(tag2mask.__file__)")
+    assert where.stdout.startswith(str(site)), where.stdout + where.stderr
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({"dataset": {"kind": "synthetic",
+        "synthetic": {"train_images": 3, "val_images": 0, "image_size": 48}}}))
+    proc = run("-m", "tag2mask.cli", "dataset", "prepare", "--config", "my.yaml",
+               "--out-dir", "out")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((tmp_path / "out/manifest.json").read_text())["images"]) == 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"maskrcnn": {"epochz": 3}}))
+    proc = run("-m", "tag2mask.cli", "maskrcnn", "train", "--config", "bad.yaml", "--store",
+               "x.h5", "--manifest", "out/manifest.json", "--out-dir", "m")
+    assert proc.returncode == 2 and "config key maskrcnn: Additional properties are not " \
+        "allowed ('epochz' was unexpected)" in proc.stderr, proc.stderr

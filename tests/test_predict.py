@@ -85,20 +85,36 @@ def test_predict_manifest_split_loads_with_pycocotools(model, tmp_path):
 def test_predict_folder_writes_sidecar(model, tmp_path):
     folder, _manifest, ckpt, _ = model
     images = tmp_path / "imgs"
-    images.mkdir()
-    for name in ("b.png", "a.png"):
+    (images / "more").mkdir(parents=True)
+    for name in ("b.png", "a.png", "more/a.png"):
         (images / name).write_bytes((folder / "images" / "img025.png").read_bytes())
     (images / "c.png").write_bytes(b"not an image")  # logged and skipped
     (images / "notes.txt").write_text("ignored")
+    command = ["maskrcnn", "predict-images", "--checkpoint", str(ckpt), "--images",
+               str(images), "--no-progress"]
     out = tmp_path / "pred.json"
-    assert main(["maskrcnn", "predict", "--checkpoint", str(ckpt), "--images", str(images),
-                 "--out", str(out), "--no-progress"]) == 0
+    assert main([*command, "--out", str(out), "--config", '{"images_score_threshold": 0}',
+                 "--overlays", str(tmp_path / "overlays")]) == 0
     sidecar = json.loads((tmp_path / "pred.json.images.json").read_text())
     assert [(i["id"], i["file_name"]) for i in sidecar["images"]] == [(1, "a.png"), (2, "b.png")]
     results = json.loads(out.read_text())
     by_image = {i: sorted((r["category_id"], r["score"]) for r in results if r["image_id"] == i)
                 for i in (1, 2)}
     assert by_image[1] and by_image[1] == by_image[2]  # same picture, same predictions
+    assert min(r["score"] for r in results) < 0.5  # threshold 0: the weak detections too
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["a.png.png",
+                                                                          "b.png.png"]
+
+    # the default threshold (0.5) keeps the confident ones; sub-folders on request
+    recursive = tmp_path / "recursive.json"
+    assert main([*command, "--out", str(recursive),
+                 "--config", '{"images_recursive": true}']) == 0
+    sidecar = json.loads((tmp_path / "recursive.json.images.json").read_text())
+    assert [i["file_name"] for i in sidecar["images"]] == ["a.png", "b.png", "more/a.png"]
+    confident = json.loads(recursive.read_text())
+    assert confident and all(r["score"] >= 0.5 for r in confident)
+    assert sorted((r["category_id"], r["score"]) for r in confident if r["image_id"] == 1) == \
+        [(c, s) for c, s in by_image[1] if s >= 0.5]
 
 
 def test_predict_refuses_checkpoint_of_other_classes(model, tmp_path, capsys):

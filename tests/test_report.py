@@ -279,6 +279,26 @@ def build_args(*args):
         ["report", "build", "--out", "r.html", "--input", "manifest=m.json", *args])
 
 
+def test_report_says_what_produced_the_run(run_dir, monkeypatch):
+    from tag2mask.report.provenance import RUN_ENV, run_record
+    inputs = ReportInputs(manifest=run_dir / "dataset" / "manifest.json")
+    options = {"panel_images": 0, "panel_size": 96}
+    by_hand = build_report(inputs, options)
+    assert ('Settings</td><td><span class="na">not available: not recorded (the report was '
+            "built by hand)") in \
+        by_hand and 'id="config"' not in by_hand
+    config = {"run_name": "r", "maskrcnn": {"epochs": 12, "min_size": [128]}}
+    monkeypatch.setenv(RUN_ENV, run_record(config, "preset synthetic (why)",
+                                           ["snakemake", "--cores", "2"]))
+    page = build_report(inputs, options)
+    assert "<td>preset synthetic (why)</td>" in page
+    assert "<code>snakemake --cores 2</code>" in page
+    assert '<details id="config">' in page and "  epochs: 12\n" in page
+    from importlib import metadata
+    assert f"torch {metadata.version('torch')}," in page
+    assert f"snakemake {metadata.version('snakemake')}" in page
+
+
 def test_report_command(run_dir):
     out = run_dir / "report.html"
     rc = cli_main(["report", "build", "--out", str(out), "--config", json.dumps(OPTIONS),

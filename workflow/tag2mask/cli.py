@@ -22,14 +22,42 @@ STAGES = {
     "proposals": "mask proposals (make, import, gather, evaluate)",
     "irnet": "what IRNet's pseudo masks are made from: CAMs, relation seeds, boundary + "
              "displacement branches (cams, gather, relations, train)",
-    "pseudo_masks": "the pseudo masks, by a method: retrieval, irnet, ... (make, gather)",
+    "pseudo_masks": "the pseudo masks, by a method: retrieval, irnet, ... (make, gather, "
+                    "export-coco)",
     "verification": "the classifier checks each pseudo mask; confidences rescored (rescore)",
     "maskrcnn": "Mask R-CNN on pseudo masks (train, predict)",
-    "evaluation": "mAP, COCO AP and ABO against ground truth (score, export-coco)",
+    "evaluation": "mAP, COCO AP and ABO against ground truth (score)",
     "upper_bound": "evaluation side: ground-truth masks as a training store (gt-masks)",
     "self_training": "predictions + peaks -> next round's pseudo masks (masks)",
     "report": "the HTML report of a run (build)",
 }
+
+
+def version():
+    """The package's version, and the checkout's git commit where there is one."""
+    from . import __version__
+
+    commit = git_commit()
+    return f"{__version__} (commit {commit})" if commit else __version__
+
+
+def git_commit():
+    """The short git commit of the checkout this package runs from, '+' if it has changes;
+    None outside a git checkout."""
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(here), *a], capture_output=True,
+                                        text=True, timeout=10)
+        head = run("rev-parse", "--short=12", "HEAD")
+        if head.returncode:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def build_parser(only=None):
@@ -37,6 +65,7 @@ def build_parser(only=None):
         prog="tag2mask", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"tag2mask {version()}")
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, text in STAGES.items():
         p = stages.add_parser(name, help=text, description=text)

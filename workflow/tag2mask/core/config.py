@@ -127,6 +127,15 @@ def config_paths(config):
     return out
 
 
+# where the public datasets a key names are published
+WHERE_TO_GET = {
+    "dataset.voc.root": " (PASCAL VOC 2012, VOCtrainval_11-May-2012.tar: "
+                        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/)",
+    "dataset.voc.sbd_root": " (SBD, benchmark.tgz: "
+                            "http://home.bharathh.info/pubs/codes/SBD/download.html)",
+}
+
+
 def check_config_paths(config, where="config", base=None):
     """Every file and folder the config names (`config_paths`) must exist, so a wrong path
     stops the workflow when it is parsed (`snakemake -n` too), not when the first stage
@@ -136,7 +145,7 @@ def check_config_paths(config, where="config", base=None):
     for key, path, what in config_paths(config):
         if path is None or not str(path).strip():
             raise InputError(where, f"config key {key}: not set, and this run needs the "
-                                    f"{what} it names")
+                                    f"{what} it names{WHERE_TO_GET.get(key, '')}")
         full = base / Path(str(path)).expanduser()
         if not full.exists():
             raise InputError(where, f"config key {key}: {what} {path} not found"
@@ -167,12 +176,33 @@ def apply_defaults(value, schema):
     return out
 
 
+def merged(base, over):
+    """`over` merged into a copy of `base`, dicts key by key (as Snakemake merges configs)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def complete_config(config, where="config"):
-    """A workflow config with renamed keys moved, validated, and completed with the schema's
-    defaults (what the Snakefile runs on)."""
+    """A user's workflow config with renamed keys moved, merged over the preset chosen for its
+    dataset (core.presets; `preset` then names it), validated, and completed with the schema's
+    defaults: what the workflow runs on."""
+    from .presets import choose, preset_values
+
     config = migrate(config, where)
-    validate_config(config, where=where)
-    return apply_defaults(config, _schema())
+    validate_config(config, where=where)  # the user's own keys first: errors name them
+    name, _ = choose(config)
+    config = {**merged(preset_values(name, config), config), "preset": name}
+    validate_config(config, where=f"{where} over preset {name}")
+    config = apply_defaults(config, _schema())
+    if config["run_name"] is None:  # a run of another dataset never lands in the demo's folder
+        kind = config["dataset"]["kind"]
+        config["run_name"] = "demo" if kind == "synthetic" else kind
+    return config
 
 
 def section_options(source, section):
@@ -189,11 +219,9 @@ def section_options(source, section):
         where = f"{section} options"
         options = migrate({section: options}, where)[section]
     else:
-        # The whole file, not only this section: a misspelt section name would otherwise be
-        # ignored and the stage run with the defaults.
-        whole = migrate(load_yaml(source), source)
-        validate_config(whole, where=source)
-        options = whole.get(section, {})
+        # The whole file, not only this section (a misspelt section name would otherwise be
+        # ignored), over its preset, as the workflow would run it.
+        options = complete_config(load_yaml(source), source).get(section, {})
         where = source
     validate_config({section: options}, where=where)
     return apply_defaults({section: options}, _schema())[section]

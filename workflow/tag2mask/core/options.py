@@ -31,7 +31,8 @@ def section_schema(section):
 
 
 def key_readers(section):
-    """{key: (actions reading it, reruns, in identity)} of one section."""
+    """{key: (actions reading it, reruns, in identity)} of one section. An action of the
+    section's own stage is its name; another stage's is "stage action"."""
     schema = section_schema(section)
     default = schema.get("x-read-by", [])
     return {key: (tuple(spec.get("x-read-by", default)), spec.get("x-rerun", True),

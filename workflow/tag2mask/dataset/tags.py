@@ -1,8 +1,11 @@
 """An image folder plus a CSV of image-level tags; no ground truth (evaluation is skipped).
 
 CSV: header `image,labels`; `image` is a path relative to the image folder, `labels` the class
-names present, separated by spaces. With `classes` given, any other name is an error; without,
-the classes are every name the CSV uses, sorted. A row with no labels is left out (logged,
+names present, separated by `;` (`cat;traffic light;dog`), so that a name may hold spaces (COCO's
+"traffic light", VOC's "potted plant"). A labels field without `;` is split on spaces (the
+older form: `cat dog`), so a single multi-word name needs a trailing `;` (`traffic light;`).
+Names are stripped of surrounding spaces. With `classes` given, any other name is an error;
+without, the classes are every name the CSV uses, sorted. A row with no labels is left out (logged,
 counted). `val_fraction` holds out images by a stable hash of their name, so adding images
 never moves the others between splits.
 """
@@ -21,12 +24,20 @@ from .manifest import Manifest, make_record
 log = logging.getLogger(__name__)
 
 HEADER = ["image", "labels"]
+SEPARATOR = ";"  # between the class names of a labels field
 
 
 def in_val(name, val_fraction):
     """Stable split assignment: the image's sha1 as a number in [0, 1) below val_fraction."""
     h = int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:8], "big")
     return h / 2**64 < val_fraction
+
+
+def split_labels(field):
+    """The class names of a labels field: `;`-separated, or space-separated without a `;`."""
+    if SEPARATOR in field:
+        return [n.strip() for n in field.split(SEPARATOR) if n.strip()]
+    return field.split()
 
 
 def read_rows(csv_path, classes=None):
@@ -49,7 +60,7 @@ def read_rows(csv_path, classes=None):
                 if len(row) != 2:
                     raise InputError(csv_path, f"line {line}: expected 2 columns (image,labels), "
                                                f"found {len(row)}")
-                name, labels = row[0].strip(), row[1].split()
+                name, labels = row[0].strip(), split_labels(row[1])
                 if not name:
                     raise InputError(csv_path, f"line {line}: empty image name")
                 if name in first_line:

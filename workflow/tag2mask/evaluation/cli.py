@@ -2,14 +2,10 @@
 
     tag2mask evaluation score --gt gt/val.json --predictions P.json|store.h5 [--manifest M] \\
         --config C --out evaluation.json
-    tag2mask evaluation export-coco --store pseudo_masks.h5 --manifest M --out X.json \\
-        [--as-instances]
 
 score writes mAP at the configured IoU thresholds, COCO AP, ABO and per-class AP as JSON, for
 a COCO results JSON or a pseudo-mask store (tag2mask.evaluation.metrics documents the
-protocol). export-coco writes a pseudo-mask store as a COCO results JSON (the input of
-`score` and of any COCO tool), or with --as-instances as a COCO instances JSON (images +
-categories + annotations) that pycocotools COCO() loads as a dataset.
+protocol). A pseudo-mask store as COCO JSON: `tag2mask pseudo_masks export-coco`.
 """
 
 import logging
@@ -34,16 +30,6 @@ def add_actions(actions):
     cli.add_config(p, "evaluation")
     p.add_argument("--out", required=True, type=Path, help="evaluation JSON to write")
 
-    p = cli.add_action(actions, "export-coco",
-                       "pseudo-mask store -> COCO results (or instances) JSON", __doc__, run_export)
-    p.add_argument("--store", required=True, type=Path, help="pseudo-mask store (.h5)")
-    p.add_argument("--manifest", required=True, type=Path,
-                   help="dataset manifest (COCO image ids, class names, image sizes)")
-    p.add_argument("--out", required=True, type=Path, help="JSON file to write")
-    p.add_argument("--as-instances", action="store_true",
-                   help="write a COCO instances JSON (every image of the store, with or without "
-                        "masks) instead of a results list")
-
 
 def run_score(args):
     from ..core.atomic import write_json
@@ -63,20 +49,3 @@ def run_score(args):
     report["inputs"] = {"ground_truth": str(args.gt), "predictions": str(args.predictions)}
     write_json(args.out, report)
     log.info("wrote %s", args.out)
-
-
-def run_export(args):
-    from ..core.atomic import write_json
-    from ..core.store import StoreReader
-    from ..dataset.manifest import read_manifest
-    from .metrics import pseudo_masks_to_results, results_to_instances
-
-    manifest = read_manifest(args.manifest)
-    results = pseudo_masks_to_results(args.store, manifest)
-    if args.as_instances:
-        with StoreReader(args.store, "pseudo_masks") as store:
-            image_ids = store.image_ids
-        write_json(args.out, results_to_instances(results, manifest, image_ids), indent=None)
-    else:
-        write_json(args.out, results, indent=None)
-    log.info("wrote %d masks to %s", len(results), args.out)

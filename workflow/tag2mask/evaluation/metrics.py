@@ -85,8 +85,9 @@ def check_manifest_matches(gt, manifest, gt_path):
                                       f"{manifest.source} gives it id {coco_id}")
 
 
-def pseudo_masks_to_results(store_path, manifest):
-    """COCO result dicts of every instance in a "pseudo_masks" store.
+def pseudo_masks_to_results(store_path, manifest, min_score=None):
+    """COCO result dicts of every instance in a "pseudo_masks" store (with `min_score`, of
+    those whose confidence reaches it).
 
     image_id = manifest.coco_image_id(store image id); category_id = label + 1 (categories
     are 1..C in manifest class order); segmentation = the stored compressed RLE.
@@ -104,6 +105,8 @@ def pseudo_masks_to_results(store_path, manifest):
             coco_id = manifest.coco_image_id(image_id)
             h, w = int(entry["height"]), int(entry["width"])
             for counts, label, score in zip(entry["masks"], entry["labels"], entry["scores"]):
+                if min_score is not None and score < min_score:
+                    continue
                 results.append({
                     "image_id": coco_id,
                     "category_id": int(label) + 1,

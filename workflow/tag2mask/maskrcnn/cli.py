@@ -2,14 +2,18 @@
 
     tag2mask maskrcnn train --store pseudo_masks.h5 --manifest M --config C --out-dir DIR
     tag2mask maskrcnn predict --checkpoint DIR/model.pt --manifest M --split val --out P.json
-    tag2mask maskrcnn predict --checkpoint DIR/model.pt --images FOLDER --out P.json
+    tag2mask maskrcnn predict-images --checkpoint DIR/model.pt --images FOLDER --out P.json \\
+        [--overlays DIR]
 
 train writes model.pt, log.jsonl and checkpoints/ (one per epoch; a restarted run resumes
 after the last one; tag2mask.maskrcnn.train); --processes N > 1 trains on N processes
 (torchrun, DistributedDataParallel, one GPU each on CUDA; tag2mask.core.distributed). Ground
-truth is never read. predict writes COCO results JSON that pycocotools loads unchanged, on a
-manifest split or a folder of images, and optional overlay PNGs (tag2mask.maskrcnn.predict).
-The upper bound and the self-training rounds use these same two actions on their own stores.
+truth is never read. predict writes COCO results JSON that pycocotools loads unchanged, of a
+manifest split (everything scoring maskrcnn.score_threshold, as mAP needs); predict-images of
+a folder of new images (what scores maskrcnn.images_score_threshold, sub-folders too with
+maskrcnn.images_recursive), with a sidecar naming the images and overlay PNGs
+(tag2mask.maskrcnn.predict). The upper bound and the self-training rounds use train and
+predict on their own stores.
 """
 
 import json
@@ -28,13 +32,21 @@ def add_actions(actions):
     p.add_argument("--store", required=True, type=Path, help="pseudo_masks HDF5 store")
     cli.add_training(p, "maskrcnn", "model.pt, log.jsonl and checkpoints/")
 
-    p = cli.add_action(actions, "predict", "Mask R-CNN predictions as COCO results JSON", __doc__,
-                       run_predict)
+    p = cli.add_action(actions, "predict", "Mask R-CNN predictions of a split as COCO results",
+                       __doc__, run_predict)
     p.add_argument("--checkpoint", required=True, type=Path, help="model.pt of `train`")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--manifest", type=Path, help="dataset manifest.json (with --split)")
-    src.add_argument("--images", type=Path, help="a folder of images")
+    cli.add_manifest(p)
     p.add_argument("--split", default="val", help="manifest split to predict (default: val)")
+    _prediction_arguments(p)
+
+    p = cli.add_action(actions, "predict-images", "Mask R-CNN predictions of a folder of images",
+                       __doc__, run_predict_images)
+    p.add_argument("--checkpoint", required=True, type=Path, help="model.pt of `train`")
+    p.add_argument("--images", required=True, type=Path, help="a folder of images")
+    _prediction_arguments(p)
+
+
+def _prediction_arguments(p):
     p.add_argument("--out", required=True, type=Path, help="COCO results JSON to write")
     p.add_argument("--overlays", type=Path, help="also write overlay PNGs into this folder")
     cli.add_config(p, "maskrcnn (its prediction keys: score_threshold, mask_threshold, ...)",
@@ -57,6 +69,14 @@ def run_train(args):
 
 
 def run_predict(args):
+    _predict(args, folder=False)
+
+
+def run_predict_images(args):
+    _predict(args, folder=True)
+
+
+def _predict(args, folder):
     from ..core.atomic import write_json
     from ..core.config import stage_options
     from ..core.devices import resolve_device
@@ -70,14 +90,16 @@ def run_predict(args):
     )
 
     cli.set_threads(args.threads)
-    if args.manifest is not None:
-        items, classes = manifest_items(args.manifest, args.split)
+    # the model's training options, and prediction's own (core/schema.yaml: x-read-by)
+    given = stage_options(args.config, "maskrcnn", args.action, args.runtime)
+    if folder:
+        items, classes = folder_items(args.images, given["images_recursive"]), None
     else:
-        items, classes = folder_items(args.images), None
+        items, classes = manifest_items(args.manifest, args.split)
     model, payload = load_checkpoint(args.checkpoint, classes)  # other classes: InputError
-    # the model's training options, and prediction's own (core/schema.yaml: x-read-by predict)
-    options = {**json.loads(payload["config"]),
-               **stage_options(args.config, "maskrcnn", "predict", args.runtime)}
+    options = {**json.loads(payload["config"]), **given}
+    if folder:  # new images: the confident detections only
+        options["score_threshold"] = given["images_score_threshold"]
     if args.batch_size:
         options["predict_batch_size"] = args.batch_size
     if args.device:
@@ -89,8 +111,8 @@ def run_predict(args):
     with ResultsWriter(args.out) as out:
         _, infos, stats = predict(model, items, options, device, payload["class_names"],
                                   args.overlays, progress=not args.no_progress,
-                                  skip_bad=args.manifest is None, sink=out.write)
-    if args.manifest is None:
+                                  skip_bad=folder, sink=out.write)
+    if folder:
         # a COCO instances file without annotations: COCO(it).loadRes(out) reads the results
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(payload["class_names"])]
         write_json(f"{args.out}.images.json",

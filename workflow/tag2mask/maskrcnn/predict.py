@@ -1,11 +1,12 @@
 """`tag2mask maskrcnn predict`: instance masks from a trained Mask R-CNN, as COCO results JSON.
 
 Images come from a manifest split (image_id = the manifest's COCO id, the id ground truth
-uses) or from a folder (image_id = 1-based position in sorted file-name order; a sidecar
-`<out>.images.json` maps ids to file names and sizes). Each result has image_id, category_id
+uses) or from a folder, with or without its sub-folders (image_id = 1-based position in sorted
+order of the paths relative to the folder; a sidecar `<out>.images.json` maps ids to those
+names and sizes). Each result has image_id, category_id
 (class index + 1, the manifest's category ids), segmentation (compressed RLE, counts as str),
 bbox (x, y, w, h) and score: pycocotools `COCO.loadRes` reads the file unchanged.
-Optional overlay PNGs show the masks, boxes and labels over each image.
+Optional overlay PNGs show the masks, outlined, with class and score, over each image.
 """
 
 import json
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from ..core import masks as rle
@@ -72,15 +73,19 @@ def manifest_items(manifest_path, split):
     return [(m.coco_image_id(r.id), r.path, r.id) for r in records], m.classes
 
 
-def folder_items(folder):
+def folder_items(folder, recursive=False):
+    """(id, path, name) of the image files of a folder (and its sub-folders with `recursive`),
+    sorted by name; the name is the path relative to the folder, the id its 1-based position."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "image folder not found")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted((p for p in (folder.rglob("*") if recursive else folder.iterdir())
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: p.relative_to(folder).as_posix())
     if not files:
-        raise InputError(folder, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [(i + 1, str(p), p.name) for i, p in enumerate(files)]
+        raise InputError(folder, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                                 + ("" if recursive else " (sub-folders: images_recursive)"))
+    return [(i + 1, str(p), p.relative_to(folder).as_posix()) for i, p in enumerate(files)]
 
 
 def configure(model, options):
@@ -193,17 +198,32 @@ def _palette(i):
 
 
 def write_overlay(path, image, results, masks, class_names):
-    """The image with each predicted mask tinted, its box outlined and 'class score' written."""
+    """The image with each predicted mask lightly tinted and outlined in its colour, and its
+    class and score written once, on a dark label at the mask's top: readable on photos with
+    many detections (no boxes)."""
+    from scipy import ndimage
+
+    h, w = image.shape[:2]
     canvas = image.astype(np.float32)
+    width = max(1, round(min(h, w) / 250))  # outline thickness grows with the picture
     for k, m in enumerate(masks):
-        canvas[m] = 0.45 * canvas[m] + 0.55 * np.array(_palette(k), np.float32)
+        colour = np.array(_palette(k), np.float32)
+        canvas[m] = 0.7 * canvas[m] + 0.3 * colour
+        canvas[m & ~ndimage.binary_erosion(m, iterations=width)] = colour
     img = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for k, r in enumerate(results):
-        x, y, w, h = r["bbox"]
-        draw.rectangle([x, y, x + w, y + h], outline=_palette(k))
+    font = ImageFont.load_default(size=max(10, min(h, w) // 40))
+    for k, (r, m) in enumerate(zip(results, masks)):
         c = r["category_id"] - 1
         name = class_names[c] if 0 <= c < len(class_names) else str(r["category_id"])
-        draw.text((x + 2, y + 1), f"{name} {r['score']:.2f}", fill=(255, 255, 255))
+        rows = np.flatnonzero(m.any(1))
+        top = int(rows[0]) if len(rows) else 0
+        left = int(np.flatnonzero(m[top])[0]) if len(rows) else 0
+        text = f"{name} {r['score']:.2f}"
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        x = min(max(0, left), max(0, w - (x1 - x0) - 4))
+        y = max(0, top - (y1 - y0) - 4)
+        draw.rectangle([x, y, x + x1 - x0 + 4, y + y1 + 2], fill=(0, 0, 0))
+        draw.text((x + 2 - x0, y + 1), text, fill=_palette(k), font=font)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")

@@ -4,11 +4,15 @@
         --input proposals=proposals.h5 --manifest M --config C --shard i --num-shards N \\
         --out unverified/i.h5 [--panels DIR]
     tag2mask pseudo_masks gather --out pseudo_masks.h5 shards/*.h5
+    tag2mask pseudo_masks export-coco --store pseudo_masks.h5 --manifest M --min-score 0.5 \\
+        --out pseudo_masks.coco.json [--as-results]
 
 make writes one shard of the pseudo-mask store (docs/formats.md) with the method the config's
 `pseudo_masks.method` names (a plug-in: tag2mask.pseudo_masks.methods lists them and their
 inputs); --config takes the method's config section (the section of its name). No method reads
-ground truth.
+ground truth. export-coco writes the masks whose confidence reaches --min-score as a COCO
+instances JSON (images, categories, annotations with RLE masks, boxes, areas and the scores):
+a dataset any detector that reads COCO trains on, or with --as-results a COCO results list.
 """
 
 import logging
@@ -37,6 +41,17 @@ def add_actions(actions):
     cli.add_progress(p)
 
     cli.add_gather(actions, "pseudo_masks")
+
+    p = cli.add_action(actions, "export-coco", "pseudo masks as a COCO instances JSON",
+                       __doc__, run_export_coco)
+    p.add_argument("--store", required=True, type=Path, help="pseudo-mask store (.h5)")
+    cli.add_manifest(p)
+    p.add_argument("--min-score", type=float, default=0.0,
+                   help="leave out masks whose confidence is below this (default 0: all)")
+    p.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    p.add_argument("--as-results", action="store_true",
+                   help="a COCO results list (image_id, category_id, segmentation, score) "
+                        "instead of an instances JSON")
 
 
 def method_inputs(method, items):
@@ -68,3 +83,21 @@ def run_make(args):
         args.panels.mkdir(parents=True, exist_ok=True)
     method.load().make_shard(inputs, args.manifest, options, args.shard, args.num_shards, args.out,
                       panels=args.panels, progress=not args.no_progress)
+
+
+def run_export_coco(args):
+    from ..core.atomic import write_json
+    from ..core.store import StoreReader
+    from ..dataset.manifest import read_manifest
+    from ..evaluation.metrics import pseudo_masks_to_results, results_to_instances
+
+    manifest = read_manifest(args.manifest)
+    results = pseudo_masks_to_results(args.store, manifest, min_score=args.min_score)
+    if args.as_results:
+        write_json(args.out, results, indent=None)
+    else:
+        with StoreReader(args.store, "pseudo_masks") as store:
+            image_ids = store.image_ids
+        write_json(args.out, results_to_instances(results, manifest, image_ids), indent=None)
+    log.info("wrote %d masks with a confidence of at least %g to %s", len(results),
+             args.min_score, args.out)

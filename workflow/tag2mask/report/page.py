@@ -3,8 +3,8 @@
 Sections: the verdict (does Mask R-CNN beat its own pseudo masks on this run, WISE's
 finding), the metrics table (pseudo masks, Mask R-CNN, self-training rounds, upper bound),
 per-class AP, the published VOC 2012 reference points, stage wall times (Snakemake benchmark
-files), training curves (inline SVG, report.charts) and picture panels (inline PNG,
-report.pictures). The report is evaluation side: it may show ground truth. Any part whose
+files), training curves (inline SVG, report.charts), picture panels (inline PNG,
+report.pictures) and what produced the run (report.provenance). The report is evaluation side: it may show ground truth. Any part whose
 input is missing is shown as "not available" with the reason instead of failing.
 
 This module gathers what each section shows; templates/report.html.j2 lays it out (Jinja2,
@@ -23,6 +23,7 @@ import jinja2
 from ..dataset.manifest import read_manifest
 from .charts import bar_chart, line_chart
 from .pictures import picture_groups
+from .provenance import provenance
 from .readers import (
     Part,
     pseudo_mask_figures,
@@ -286,4 +287,5 @@ def build_report(inputs, options):
         missing_logs=missing_logs,
         picture_groups=picture_groups(inputs, manifest, options),
         panel_size=options["panel_size"],
+        provenance=provenance(),
     )
