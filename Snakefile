@@ -17,7 +17,8 @@ min_version("9.0")
 # warning), validates it against the schema (the error is one line naming the key) and fills
 # in the defaults.
 sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not pip-installed
-from tag2mask.core.config import check_config_paths, complete_config, load_yaml, merged  # noqa: E402
+from tag2mask.core.config import check_config_paths, complete_config, merged  # noqa: E402
+from tag2mask.core.schema import load_yaml  # noqa: E402
 from tag2mask.core.errors import InputError  # noqa: E402
 from tag2mask.core.presets import choose  # noqa: E402
 

@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, f"{workflow.basedir}/workflow")  # the package, even when not pip-installed
 from tag2mask.core.code_digest import code_digest, module_digest  # noqa: E402
 from tag2mask.core.options import RUNTIME_ENV, action_options_json, runtime_options  # noqa: E402
-from tag2mask.pseudo_masks.methods import get_method  # noqa: E402
+from tag2mask.core.methods import get_method  # noqa: E402
 from tag2mask.report.provenance import RUN_ENV, run_record  # noqa: E402
 
 RUN = f"results/{config['run_name']}"
@@ -44,7 +44,7 @@ CLASSIFIER = f"{RUN}/classifier/classifier.pt"
 PEAKS_STORE = f"{RUN}/peaks/peaks.h5"
 PROPOSALS_STORE = f"{RUN}/proposals/proposals.h5"
 PSEUDO_MASKS = f"{RUN}/pseudo_masks/pseudo_masks.h5"
-# How the pseudo masks are made: a plug-in (tag2mask.pseudo_masks.methods) naming the files of
+# How the pseudo masks are made: a plug-in (tag2mask.core.methods) naming the files of
 # the run it reads; the stages that make them join the run through those inputs only.
 PSEUDO_MASK_METHOD = get_method(config["pseudo_masks"]["method"])
 PSEUDO_MASK_INPUTS = {name: f"{RUN}/{path}" for name, path in PSEUDO_MASK_METHOD.inputs.items()}

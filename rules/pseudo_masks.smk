@@ -1,5 +1,5 @@
 # Stage `pseudo_masks` (tag2mask/pseudo_masks/): the pseudo masks Mask R-CNN trains on, made per
-# shard by the method `pseudo_masks.method` names (a plug-in: tag2mask.pseudo_masks.methods),
+# shard by the method `pseudo_masks.method` names (a plug-in: tag2mask.core.methods),
 # from the files of the run it names (common.smk: PSEUDO_MASK_INPUTS), then verified
 # (verification.smk) and gathered into PSEUDO_MASKS (rule gather, common.smk). No method reads
 # ground truth; their evaluation is evaluation.smk's.

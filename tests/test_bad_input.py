@@ -76,7 +76,8 @@ from PIL import Image
 
 from tag2mask.classifier.model import build_classifier, save_classifier
 from tag2mask.cli import main
-from tag2mask.core.config import SCHEMA_PATH, load_yaml, section_options
+from tag2mask.core.config import section_options
+from tag2mask.core.schema import SCHEMA_PATH, load_yaml
 from tag2mask.dataset import large_images
 from tag2mask.dataset.images import load_rgb, to_rgb
 from tag2mask.dataset.jpeg_structure import jpeg_problem

@@ -1,14 +1,9 @@
 import pytest
 import yaml
 
-from tag2mask.core.config import (
-    SCHEMA_PATH,
-    apply_defaults,
-    load_yaml,
-    section_options,
-    validate_config,
-)
+from tag2mask.core.config import apply_defaults, section_options, validate_config
 from tag2mask.core.errors import InputError
+from tag2mask.core.schema import SCHEMA_PATH, load_yaml
 
 
 def test_default_config_is_valid(repo):

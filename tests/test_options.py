@@ -22,7 +22,8 @@ import yaml
 from conftest import REPO
 
 from tag2mask.cli import build_parser
-from tag2mask.core.config import load_schema, validate_config
+from tag2mask.core.config import validate_config
+from tag2mask.core.methods import registered_methods
 from tag2mask.core.options import (
     ActionOptions,
     action_options,
@@ -30,7 +31,7 @@ from tag2mask.core.options import (
     key_readers,
     read_options,
 )
-from tag2mask.pseudo_masks.methods import registered_methods
+from tag2mask.core.schema import load_schema
 
 BASE = {
     "run_name": "tiny",

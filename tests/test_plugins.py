@@ -1,4 +1,4 @@
-"""Pseudo-mask methods are plug-ins (tag2mask.pseudo_masks.methods): a method made here, in a
+"""Pseudo-mask methods are plug-ins (tag2mask.core.methods): a method made here, in a
 module of the test's own, installed as an entry point, runs in the workflow without a change to
 any rule file; and the rule files can be included in any order."""
 
@@ -24,7 +24,7 @@ from tag2mask.core import masks as mask_rle
 from tag2mask.core.shards import shard_items
 from tag2mask.core.store import StoreReader, StoreWriter
 from tag2mask.dataset.manifest import read_manifest
-from tag2mask.pseudo_masks.methods import Method
+from tag2mask.core.methods import Method
 
 METHOD = Method("toy", "toy_method", {"peaks": "peaks/peaks.h5"}, schema={
     "type": "object", "additionalProperties": False, "default": {},

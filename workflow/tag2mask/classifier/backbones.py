@@ -36,6 +36,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def stages_of_efficientnet_lite(net):
+    """A timm EfficientNet-Lite's layers by resolution, from the input: the stem and block 0
+    (stride 2), blocks 1 (4), 2 (8), 3-4 (16), 5-6 (32): the counterparts of a ResNet's conv1,
+    layer1, ..., layer4."""
+    b = net.blocks
+    return [[net.conv_stem, net.bn1, b[0]], [b[1]], [b[2]], [b[3], b[4]], [b[5], b[6]]]
+
+
+def freeze_early_stages(stages, trainable):
+    """Only the `trainable` deepest of the 5 stages (lists of modules, from the input) learn;
+    the others keep their weights and need no backward pass (torchvision's trainable_layers)."""
+    for stage in stages[:len(stages) - trainable]:
+        for module in stage:
+            module.requires_grad_(False)
+
+
 def build_backbone(name, stride=8, pretrained=False, pretrained_path=None):
     """The backbone `name` with output stride `stride`.
 
@@ -73,6 +89,10 @@ class TinyBackbone(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out_channels, self.stride = cin, stride
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+
+    def stages(self):
+        f = self.features  # conv1, bn1, relu, maxpool, layer1..4
+        return [[f[0], f[1]], [f[4]], [f[5]], [f[6]], [f[7]]]
 
     def forward(self, x):
         return self.features(x)
@@ -119,6 +139,10 @@ class ResNetBackbone(nn.Module):
         self.stride = stride
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
+    def stages(self):
+        f = self.features  # conv1, bn1, relu, maxpool, layer1..4
+        return [[f[0], f[1]], [f[4]], [f[5]], [f[6]], [f[7]]]
+
     def forward(self, x):
         return self.features(x)
 
@@ -154,6 +178,9 @@ class EfficientNetLiteBackbone(nn.Module):
         # skimage's test photos (cat, espresso) slightly more confidently with it than with
         # ImageNet mean/std.
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+    def stages(self):
+        return stages_of_efficientnet_lite(self.net)
 
     def forward(self, x):
         return self.net.forward_features(x)

@@ -46,6 +46,7 @@ from ..core.metrics import average_precision
 from ..core.options import checkpoint_identity
 from ..dataset.images import load_rgb
 from ..dataset.manifest import read_manifest
+from .backbones import freeze_early_stages
 from .model import (
     FORMAT,
     VERSION,
@@ -130,6 +131,21 @@ def freezes_batchnorm(options):
                     "its BatchNorm layers train", options["backbone"])
         return False
     return True
+
+
+def freeze_early_layers(model, options):
+    """Only the `trainable_layers` deepest stages of a pretrained backbone learn (the others
+    keep their ImageNet weights and cost no backward pass); a backbone trained from scratch
+    trains every layer."""
+    trainable = options["trainable_layers"]
+    if trainable >= 5:
+        return
+    if not hasattr(model.backbone, "stages") or not (options["pretrained"]
+                                                    or options["pretrained_path"]):
+        log.warning("classifier.trainable_layers ignored: the %s backbone is trained from "
+                    "scratch, so every layer trains", options["backbone"])
+        return
+    freeze_early_stages(model.backbone.stages(), trainable)
 
 
 def freeze_batchnorm(model):
@@ -224,6 +240,7 @@ def _train(manifest_path, options, out_dir, progress, group):
     freeze_bn = freezes_batchnorm(options)
     if freeze_bn:
         freeze_batchnorm(model)
+    freeze_early_layers(model, options)
     optimizer = make_optimizer(model, options)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(options))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)

@@ -1,23 +1,19 @@
-"""Configuration: safe YAML loading, the schema (package data, extended by the pseudo-mask
-method plug-ins), validation with defaults, renamed keys, config digests."""
+"""Configuration: a user's config moved from renamed keys, merged over its preset, validated
+against the schema (core.schema) and completed with its defaults; the options of one action;
+the paths a config names; config digests."""
 
 import copy
-import functools
 import hashlib
 import json
 import logging
 from pathlib import Path
 
 import jsonschema
-import yaml
 
 from .errors import InputError
+from .schema import _schema, load_yaml
 
 log = logging.getLogger(__name__)
-
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema.yaml"
-# libyaml's loader where PyYAML was built with it (the schema is read by every command)
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Keys that moved: old dotted key -> new one. A config that still uses an old key is read as
 # if it used the new one, with a warning that names both.
@@ -32,35 +28,6 @@ RENAMED = {
     **{f"retrieval.{k}": f"retrieval.prm.{k}" for k in (
         "a", "b", "contour_width", "background_factor")},
 }
-
-
-def load_yaml(path):
-    try:
-        with open(path) as f:
-            return yaml.load(f, Loader=_LOADER) or {}
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except yaml.YAMLError as e:
-        raise InputError(path, f"not valid YAML ({e})") from None
-
-
-@functools.cache
-def _schema():
-    from ..pseudo_masks.methods import registered_methods
-
-    schema = load_yaml(SCHEMA_PATH)
-    method = schema["properties"]["pseudo_masks"]["properties"]["method"]
-    methods = registered_methods()
-    method["enum"] = sorted(methods)
-    for m in methods.values():  # a plug-in outside the package brings its section's schema
-        if m.schema is not None:
-            schema["properties"].setdefault(m.section, m.schema)
-    return schema
-
-
-def load_schema():
-    """The workflow's JSON schema (a copy: callers may change it)."""
-    return copy.deepcopy(_schema())
 
 
 def migrate(config, where="config"):

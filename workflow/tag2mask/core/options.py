@@ -17,13 +17,13 @@ From it come, for an action `tag2mask <section> <action>`:
 import json
 import os
 
+from .schema import _schema
+
 RUNTIME_ENV = "TAG2MASK_RUNTIME"
 
 
 def section_schema(section):
     """A section's schema (read only)."""
-    from .config import _schema
-
     schema = _schema()["properties"].get(section)
     if schema is None or schema.get("type") != "object":
         raise ValueError(f"the schema has no section {section!r}")
@@ -69,8 +69,6 @@ def action_options_json(values, section, action):
 
 def runtime_options(config):
     """{section: {key: value}} of every x-rerun: false key of a config (with defaults)."""
-    from .config import _schema
-
     out = {}
     for section, spec in _schema()["properties"].items():
         if spec.get("type") == "object" and isinstance(config.get(section), dict):

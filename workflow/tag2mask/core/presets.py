@@ -9,6 +9,8 @@ YAML files in tag2mask/presets/; the user's keys win over them.
 
 from pathlib import Path
 
+from .schema import load_yaml
+
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 NAMES = ("synthetic", "photos", "none")
 
@@ -26,8 +28,6 @@ def choose(config):
 
 def preset_values(name, config):
     """The settings of preset `name` for the user's `config`."""
-    from .config import load_yaml
-
     if name == "none":
         return {}
     values = load_yaml(PRESETS_DIR / f"{name}.yaml")

@@ -1,4 +1,4 @@
-"""Pseudo-mask method `irnet` (tag2mask.pseudo_masks.methods): IRNet's instances, from the
+"""Pseudo-mask method `irnet` (tag2mask.core.methods): IRNet's instances, from the
 trained boundary and displacement branches (irnet/irnet.pt) and the CAMs (cams/cams.h5), by
 centroids and a sparse random walk (tag2mask.irnet.instances)."""
 

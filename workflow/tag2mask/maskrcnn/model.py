@@ -147,6 +147,8 @@ def _resnet_fpn(name, options, load_weights):
 def _efficientnet_lite0_fpn(options, load_weights):
     import timm
 
+    from ..classifier.backbones import freeze_early_stages, stages_of_efficientnet_lite
+
     model = timm.create_model("efficientnet_lite0", features_only=True, out_indices=(1, 2, 3, 4),
                               pretrained=False)
     if options["pretrained"] and load_weights:
@@ -165,6 +167,7 @@ def _efficientnet_lite0_fpn(options, load_weights):
                               strict=True)
     if options["pretrained"]:
         model = timm.layers.freeze_batch_norm_2d(model)
+        freeze_early_stages(stages_of_efficientnet_lite(model), options["trainable_layers"])
     return FeaturesWithFPN(TimmBody(model), model.feature_info.channels(),
                            options["fpn_channels"])
 

@@ -8,7 +8,7 @@
         --out pseudo_masks.coco.json [--as-results]
 
 make writes one shard of the pseudo-mask store (docs/formats.md) with the method the config's
-`pseudo_masks.method` names (a plug-in: tag2mask.pseudo_masks.methods lists them and their
+`pseudo_masks.method` names (a plug-in: tag2mask.core.methods lists them and their
 inputs); --config takes the method's config section (the section of its name). No method reads
 ground truth. export-coco writes the masks whose confidence reaches --min-score as a COCO
 instances JSON (images, categories, annotations with RLE masks, boxes, areas and the scores):
@@ -70,7 +70,7 @@ def method_inputs(method, items):
 
 def run_make(args):
     from ..core.config import stage_options
-    from .methods import get_method
+    from ..core.methods import get_method
 
     cli.set_threads(args.threads)
     try:

@@ -11,8 +11,7 @@ greedy mask NMS by confidence. Options: `retrieval.consensus`.
 
 import numpy as np
 
-from .select import Selection
-from .working import as_float, iou_matrix
+from .select import Selection, as_float, iou_matrix
 
 
 def extra_points(evidence, options, height, width):

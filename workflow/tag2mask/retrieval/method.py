@@ -1,4 +1,4 @@
-"""Pseudo-mask method `retrieval` (tag2mask.pseudo_masks.methods; WISE, PRM): one mask proposal
+"""Pseudo-mask method `retrieval` (tag2mask.core.methods; WISE, PRM): one mask proposal
 per class peak, by the rule `retrieval.method` names (tag2mask.retrieval.select).
 
 Reads the peaks store and the proposals store (never ground truth) and writes, per image, the

@@ -19,8 +19,7 @@ code, which scores at image resolution.
 import numpy as np
 import torch
 
-from .select import suppress_and_merge
-from .working import as_float
+from .select import as_float, suppress_and_merge
 
 # a proposal that vanishes at the working resolution cannot be scored
 VANISHING_PROPOSALS_VALID = False

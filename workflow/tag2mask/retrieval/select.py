@@ -33,8 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .working import as_float
-
 # rule name -> its module (named in full, so that the rules' code digest follows it)
 RULES = {"consensus": "tag2mask.retrieval.consensus", "prm": "tag2mask.retrieval.prm",
          "wise": "tag2mask.retrieval.wise"}
@@ -60,6 +58,19 @@ class Selection:
 def select(inp, options):
     """The rule `options["method"]` on one image's working inputs."""
     return rule(options["method"]).select(inp, options)
+
+
+def as_float(mask):
+    """bool tensor -> float32 (via uint8: torch's direct bool->float cast is ~20x slower)."""
+    return mask.view(torch.uint8).to(torch.float32)
+
+
+def iou_matrix(masks):
+    """IoU [M, M] of bool masks [M, h, w] (float64 numpy), by one matrix product."""
+    flat = as_float(masks.flatten(1))
+    inter = (flat @ flat.T).double().numpy()
+    area = np.diag(inter)
+    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-10)
 
 
 def _sigmoid(x):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..core import masks as mask_rle
 from ..core.errors import InputError
+from .select import rule as retrieval_rule
 
 
 def working_shape(height, width, working_size):
@@ -138,8 +139,6 @@ def prepare_image(peaks, proposal_counts, objectness, height, width, options, wh
     evidence /= evidence.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
     point_class = peak_class
     point_map = np.asarray([map_classes.index(int(c)) for c in peak_class], np.int64)
-    from .select import rule as retrieval_rule  # (select imports this module)
-
     rule = retrieval_rule(o["method"])
     if hasattr(rule, "extra_points"):
         extra_map, extra_yx = rule.extra_points(evidence, o, height, width)
@@ -163,16 +162,3 @@ def prepare_image(peaks, proposal_counts, objectness, height, width, options, wh
         has_response=has_response, pixel_area=height * width / float(shape[0] * shape[1]),
         height=height, point_class=point_class, point_yx=points.astype(np.float32),
         class_maps=class_maps, class_evidence=evidence, point_map=point_map)
-
-
-def as_float(mask):
-    """bool tensor -> float32 (via uint8: torch's direct bool->float cast is ~20x slower)."""
-    return mask.view(torch.uint8).to(torch.float32)
-
-
-def iou_matrix(masks):
-    """IoU [M, M] of bool masks [M, h, w] (float64 numpy), by one matrix product."""
-    flat = as_float(masks.flatten(1))
-    inter = (flat @ flat.T).double().numpy()
-    area = np.diag(inter)
-    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-10)

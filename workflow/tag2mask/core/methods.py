@@ -63,7 +63,7 @@ def registered_methods():
         method = entry.load()
         if not isinstance(method, Method) or method.name != entry.name:
             raise TypeError(f"entry point {entry.name} = {entry.value} of group {ENTRY_POINTS} "
-                            "must be a tag2mask.pseudo_masks.methods.Method of that name")
+                            "must be a tag2mask.core.methods.Method of that name")
         if method.name in methods:
             raise ValueError(f"pseudo-mask method {method.name!r} is registered twice "
                              f"(entry point {entry.value})")
