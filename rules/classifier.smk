@@ -20,8 +20,10 @@ rule train_classifier:
         benchmark_file("train_classifier")
     conda:
         ENV
+    # First, on two threads: the whole weak path waits for it (on one thread beside another
+    # job it takes 1.6x as long). A bigger node can raise it: --set-threads train_classifier=8.
     threads: 2
-    priority: 50  # everything but the dataset waits for it
+    priority: 100
     resources:
         **job_resources(8000, 12 * 60, gpu=training_gpus("classifier"),
                         processes=training_processes("classifier")),

@@ -16,7 +16,8 @@ rule extract_peaks:
     params:
         **action_params("peaks extract"),
         num_shards=len(SHARDS),
-    threads: 2
+    threads: 1  # the shards side by side (--set-threads extract_peaks=N on a bigger node)
+    priority: 80  # on the way to the pseudo masks
     log:
         log_file("extract_peaks/{shard}"),
     benchmark:

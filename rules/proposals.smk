@@ -15,6 +15,7 @@ rule propose:
         f"{RUN}/proposals/shards/{{shard}}.h5",
     wildcard_constraints:
         shard=r"\d+",
+    priority: 90  # beside the classifier, so that they wait for nothing later
     params:
         **action_params("proposals make"),
         num_shards=len(SHARDS),

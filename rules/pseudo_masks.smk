@@ -20,6 +20,7 @@ rule make_pseudo_masks:
         inputs=lambda w, input: [f"{name}={input[name]}" for name in PSEUDO_MASK_INPUTS],
         num_shards=len(SHARDS),
     threads: 1
+    priority: 80  # on the way to Mask R-CNN
     log:
         log_file("make_pseudo_masks/{shard}"),
     benchmark:

@@ -18,6 +18,7 @@ if VERIFIED:
         params:
             **action_params("verification rescore"),
         threads: 1
+        priority: 80  # on the way to Mask R-CNN
         log:
             log_file("verify/{shard}"),
         benchmark:

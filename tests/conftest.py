@@ -27,6 +27,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """The workflow sets variables in os.environ for its jobs (rules/common.smk); a test that
+    runs Snakemake in this process must not hand them to the tests after it."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def repo():
     return REPO

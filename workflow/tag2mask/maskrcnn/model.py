@@ -39,6 +39,7 @@ from ..core.errors import InputError, rerun
 from ..core.store import StoreReader
 from ..core.torchfiles import load_torch_file, load_url_state_dict
 from ..dataset.images import load_rgb
+from .noisy import NoisyRoIHeads, NoisyRPN
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,10 @@ def build_model(options, num_classes, load_weights=True):
         mask_predictor=torchvision.models.detection.mask_rcnn.MaskRCNNPredictor(
             mask_layers[-1], options["mask_head_channels"], num_classes + 1),
     )
+    # the RPN and the heads that also take instance weights and ignore regions (maskrcnn.noisy;
+    # the same modules, parameters and state: targets without them train as torchvision's)
+    model.rpn.__class__ = NoisyRPN
+    model.roi_heads.__class__ = NoisyRoIHeads
     return model
 
 
