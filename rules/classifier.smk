@@ -22,8 +22,10 @@ rule train_classifier:
         ENV
     # First, on two threads: the whole weak path waits for it (on one thread beside another
     # job it takes 1.6x as long). A bigger node can raise it: --set-threads train_classifier=8.
+    # Snakemake's scheduler sums the priorities of the jobs it starts together: 1000 so that two
+    # one-thread jobs (proposals, the upper bound) never take its cores first.
     threads: 2
-    priority: 100
+    priority: 1000
     resources:
         **job_resources(8000, 12 * 60, gpu=training_gpus("classifier"),
                         processes=training_processes("classifier")),

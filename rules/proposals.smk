@@ -1,7 +1,7 @@
-# Stage `proposals` (tag2mask/proposals/): mask proposals per image (CPU only), sharded like
-# the peaks, then gathered (rule gather, common.smk). Built-in selective-search style grouping,
-# or imported from proposals.external.json. Quality against ground truth (ABO, recall) only for
-# datasets with GT. Part of a run only when its pseudo-mask method reads the proposals.
+# Stage `proposals` (tag2mask/proposals/): mask proposals per image, sharded like
+# the peaks, then gathered (rule gather, common.smk). Built-in selective-search style grouping
+# (CPU), imported from proposals.external.json, or Segment Anything's (proposals.sam).
+# Quality against ground truth (ABO, recall) only for datasets with GT. Part of a run only when its pseudo-mask method reads the proposals.
 
 PROPOSALS = config["proposals"]
 
@@ -26,7 +26,9 @@ rule propose:
     conda:
         ENV
     resources:
-        **job_resources(4000, 120),
+        # one GPU where the selected generator runs on cuda (proposals.sam.device)
+        **job_resources(4000, 120, gpu=int(PROPOSALS.get(PROPOSALS["method"], {}).get("device")
+                                           == "cuda")),
     shell:
         tag2mask("proposals make --manifest {input.manifest:q} --config {params.options:q} "
                  "--shard {wildcards.shard} --num-shards {params.num_shards} --out {output:q}")

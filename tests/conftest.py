@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO / "workflow"))  # the package, also when not pip-ins
 from tag2mask.dataset.manifest import Manifest, make_record, write_manifest  # noqa: E402
 
 VOC_MINI = Path(os.environ.get("TAG2MASK_VOC_MINI", REPO.parent / "shared/data/voc-mini"))
+COCO_TINY = Path(os.environ.get("TAG2MASK_COCO_TINY", REPO.parent / "shared/data/coco-tiny"))
 
 
 @pytest.fixture(autouse=True, scope="session")

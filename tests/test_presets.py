@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import COCO_TINY, VOC_MINI
 from PIL import Image
 from test_workflow import snakemake
 
@@ -91,3 +92,51 @@ def test_every_photo_kind_takes_the_photo_preset(kind):
     assert complete_config({"dataset": {"kind": kind}})["preset"] == "photos"
     assert np.array_equal(complete_config({"dataset": {"kind": kind}})["maskrcnn"]["min_size"],
                           [320])
+
+
+PAPER_CONFIGS = {
+    "voc2012.yaml": lambda: {"voc": {"root": str(VOC_MINI)}},
+    "coco2017.yaml": lambda: {"coco": {
+        "train_annotations": str(COCO_TINY / "annotations" / "instances_train2017.json"),
+        "train_images": str(COCO_TINY / "train2017"),
+        "val_annotations": str(COCO_TINY / "annotations" / "instances_val2017.json"),
+        "val_images": str(COCO_TINY / "val2017")}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_configs_are_valid_and_differ_from_the_demo(repo, name):
+    """config/voc2012.yaml and coco2017.yaml: every key in the schema, no preset, the papers'
+    models (ResNet-50 at 448 px, Mask R-CNN R-50-FPN at WISE's or Detectron's sizes), shards
+    for a cluster; and only the dataset's paths are left to set."""
+    import yaml
+    raw = yaml.safe_load((repo / "config" / name).read_text())
+    config = complete_config(raw, where=name)
+    demo = complete_config({})
+    assert config["preset"] == "none" and demo["preset"] == "synthetic"
+    assert (config["classifier"]["backbone"], config["classifier"]["input_size"]) == \
+        ("resnet50", 448)
+    assert config["maskrcnn"]["backbone"] == "resnet50_fpn"
+    assert min(config["maskrcnn"]["min_size"]) >= 480 and config["maskrcnn"]["max_size"] >= 1000
+    assert config["shards"] >= 64
+    for key in ("classifier", "maskrcnn", "proposals"):
+        assert config[key] != demo[key], key
+    kind = config["dataset"]["kind"]
+    unset = {k for k, v in raw["dataset"][kind].items() if v is None}
+    assert unset <= {"root", "sbd_root", "train_annotations", "train_images", "val_annotations",
+                     "val_images"}, unset
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_paper_configs_dry_run_with_only_the_dataset_set(repo, tmp_path, name):
+    import yaml
+    folder = VOC_MINI if name.startswith("voc") else COCO_TINY
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    config = yaml.safe_load((repo / "config" / name).read_text())
+    kind = config["dataset"]["kind"]
+    config["dataset"][kind].update(PAPER_CONFIGS[name]()[kind])
+    proc = snakemake(tmp_path, "-n", config=config)
+    assert "train_maskrcnn" in proc.stdout and "extract_peaks" in proc.stdout
+    shards = config["shards"]
+    assert len(re.findall(r"^rule extract_peaks:", proc.stdout, re.M)) == shards

@@ -12,7 +12,8 @@ folder for pictures (or None). The workflow's one rule for every method (rules/p
 `tag2mask pseudo_masks make --method NAME`) takes the inputs the method names, so a new method
 needs no rule of its own; the stages that make its inputs do (IRNet's training, for example).
 
-Built in: `retrieval` (tag2mask.retrieval.method) and `irnet` (tag2mask.irnet.method). Others
+Built in: `retrieval` (tag2mask.retrieval.method), `irnet` (tag2mask.irnet.method) and `sam`
+(tag2mask.sam.prompts: the peaks as Segment Anything's point prompts). Others
 come from installed packages through the entry-point group `tag2mask.pseudo_mask_methods`,
 each entry a `Method` that also carries the JSON schema of its config section (`schema`; its
 keys' `x-read-by` name `make`). Nothing here imports a method's module: the workflow reads the
@@ -52,6 +53,7 @@ BUILTIN = (
            {"peaks": "peaks/peaks.h5", "proposals": "proposals/proposals.h5"}),
     Method("irnet", ".irnet.method",
            {"model": "irnet/irnet.pt", "cams": "cams/cams.h5"}),
+    Method("sam", ".sam.prompts", {"peaks": "peaks/peaks.h5"}),
 )
 
 
