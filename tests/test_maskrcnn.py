@@ -120,7 +120,9 @@ def test_dataset_targets_from_store(easy):
             assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
-def test_dataset_leaves_out_instances_below_min_score(tmp_path):
+def scored_store(tmp_path):
+    """(manifest path, store, truth): every image's first instance scores 0.9, the others 0.1;
+    img000's all 0.1."""
     manifest_path, store, truth = make_dataset(tmp_path, n_images=3)
     scored = tmp_path / "scored.h5"
     with StoreReader(store, "pseudo_masks") as r, \
@@ -134,8 +136,14 @@ def test_dataset_leaves_out_instances_below_min_score(tmp_path):
             if image_id == "img000":
                 scores[:] = 0.1
             w.add(image_id, int(e["height"]), int(e["width"]), {**arrays, "scores": scores})
+    return manifest_path, scored, truth
+
+
+def test_dataset_leaves_out_instances_below_min_score(tmp_path):
+    manifest_path, scored, truth = scored_store(tmp_path)
     m = read_manifest(manifest_path)
     ds = PseudoMaskDataset(scored, m, min_score=0.5)
+    assert "weights" not in ds[0][1]  # plain targets: torchvision's losses
     assert [r.id for r in ds.records] == ["img001", "img002"] and ds.empty == 1
     for i, rec in enumerate(ds.records):
         masks, labels = truth[rec.id]
@@ -143,6 +151,30 @@ def test_dataset_leaves_out_instances_below_min_score(tmp_path):
         assert target["labels"].tolist() == [labels[0] + 1]
         assert np.array_equal(target["masks"].numpy()[0].astype(bool), masks[0])
     assert len(PseudoMaskDataset(scored, m)) == 3  # min_score 0: everything
+    n_below = sum(len(truth[i][1]) for i in ("img000", "img001", "img002")) - 2
+    assert ds.mask_counts == {"objects": 2, "ignored": 0, "left_out": n_below}
+
+
+def test_dataset_ignore_regions_and_confidence_weights(tmp_path):
+    manifest_path, scored, truth = scored_store(tmp_path)
+    m = read_manifest(manifest_path)
+    ds = PseudoMaskDataset(scored, m, min_score=0.5, below_cut="ignore",
+                           instance_weights="confidence")
+    assert [r.id for r in ds.records] == ["img001", "img002"]  # img000: no object to train
+    for i, rec in enumerate(ds.records):
+        masks, labels = truth[rec.id]
+        _, target = ds[(i, False)]
+        # every mask is in the target, the first as an object weighted by its confidence,
+        # the rest as ignore regions
+        expected = [0.9] + [-1.0] * (len(labels) - 1)
+        assert np.allclose(target["weights"].numpy(), expected)
+        assert target["labels"].tolist() == [c + 1 for c in labels]
+        assert np.array_equal(target["masks"].numpy().astype(bool), masks)
+    below_kept = sum(len(truth[i][1]) - 1 for i in ("img001", "img002"))
+    assert ds.mask_counts == {"objects": 2, "ignored": below_kept,
+                              "left_out": len(truth["img000"][1])}
+    with pytest.raises(InputError, match="maskrcnn.below_cut"):
+        PseudoMaskDataset(scored, m, below_cut="background")
 
 
 def test_dataset_negative_images_and_flip(easy):

@@ -93,7 +93,8 @@ def run_dir(tmp_path):
     (tmp_path / "classifier_log.jsonl").write_text("".join(
         json.dumps({"epoch": e, "loss": 1.0 / e, "val_mAP": 0.2 * e}) + "\n" for e in (1, 2, 3)))
     (tmp_path / "maskrcnn_log.jsonl").write_text("".join(
-        json.dumps({"epoch": e, "loss": 3.0 - e, "loss_mask": 0.7 - 0.1 * e}) + "\n"
+        json.dumps({"epoch": e, "loss": 3.0 - e, "loss_mask": 0.7 - 0.1 * e,
+                    "pseudo_masks": {"objects": 812, "ignored": 40 + e, "left_out": 9}}) + "\n"
         for e in (1, 2)))
     bench = tmp_path / "benchmarks"
     bench.mkdir()
@@ -180,6 +181,10 @@ def test_report_holds_the_figures_and_the_verdict(run_dir):
     # benchmark times: the two peak shards are summed into one stage
     assert "|peaks|2|20.0|12.5|" in rows
     assert "95.2" in page or "95.3" in page
+    # what became of the pseudo masks in training (the last epoch's record)
+    assert element_text(page, "training-masks").startswith(
+        "Mask R-CNN trained on 812 pseudo masks as objects and 42 as ignore regions; 9 were "
+        "left out")
     # curves and pictures are inline; nothing is fetched from elsewhere
     assert page.count("<svg") >= 4  # classifier loss + val mAP, Mask R-CNN losses, timings
     assert page.count('src="data:image/png;base64,') == 2 * 4 + 2 * 3

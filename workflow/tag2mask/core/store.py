@@ -117,10 +117,16 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self._staging.close()
-        if exc_type is None:
-            _seal_attrs(self.file)  # root attrs callers set through `file` count too
-        self.file.close()
+        try:
+            self._staging.close()
+            if exc_type is None:
+                _seal_attrs(self.file)  # root attrs callers set through `file` count too
+            self.file.close()  # flushes: where a full disk shows
+        except BaseException as closing:
+            if exc is None:  # else the block's own error is the one to tell (and caused this)
+                # the temporary file goes, and a full disk becomes one line (core.atomic)
+                self._atomic.__exit__(type(closing), closing, closing.__traceback__)
+                raise
         return self._atomic.__exit__(exc_type, exc, tb)
 
     def add(self, image_id, height, width, arrays, attrs=None):

@@ -250,18 +250,29 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     Images whose store entry has no instance are left out (`skip`) or kept as background-only
     images (`negative`). Instances with an empty mask are dropped (logged). Only images of
     the manifest split `split` are used: a store that also covers val images never trains on
-    them. Instances whose confidence (the store's `scores`) is below `min_score` are left out,
-    so an image whose every instance is below it counts as an image without instances. The
-    store is opened lazily, once per DataLoader worker (h5py handles do not survive fork).
+    them. Instances whose confidence (the store's `scores`) is below `min_score` are left out
+    (`below_cut="drop"`) or become ignore regions (`"ignore"`: neither object nor background,
+    tag2mask.maskrcnn.noisy), so an image whose every instance is below it counts as an image
+    without instances. With `instance_weights="confidence"` each trained instance's losses
+    count min(confidence, 1) times. The target then carries `weights` (1, the weight, or -1
+    for an ignore region). The store is opened lazily, once per DataLoader worker (h5py
+    handles do not survive fork).
     """
 
     def __init__(self, store_path, manifest, empty_images="skip", flip=False, split="train",
-                 min_score=0.0):
+                 min_score=0.0, below_cut="drop", instance_weights="none"):
         if empty_images not in EMPTY_POLICIES:
             raise InputError("maskrcnn.empty_images", f"{empty_images!r} not in {EMPTY_POLICIES}")
+        if below_cut not in ("drop", "ignore"):
+            raise InputError("maskrcnn.below_cut", f"{below_cut!r} not in ('drop', 'ignore')")
+        if instance_weights not in ("none", "confidence"):
+            raise InputError("maskrcnn.instance_weights",
+                             f"{instance_weights!r} not in ('none', 'confidence')")
         self.store_path = Path(store_path)
         self.flip = flip
         self.min_score = float(min_score)
+        self.below_cut, self.instance_weights = below_cut, instance_weights
+        self.weighted = below_cut == "ignore" or instance_weights == "confidence"
         self._reader = None
         by_id = {r.id: r for r in manifest.images}
         with StoreReader(store_path, "pseudo_masks") as r:
@@ -269,7 +280,7 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
                 raise InputError(store_path, f"store classes {r.class_names} differ from the "
                                              f"manifest's {manifest.classes}")
             self.class_names = list(r.class_names)
-            records, counts = [], []
+            records, counts, below = [], [], []
             for image_id in r.image_ids:
                 rec = by_id.get(image_id)
                 if rec is None:
@@ -280,23 +291,34 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
                                                  f"{entry['height']}x{entry['width']} differs "
                                                  f"from the manifest's {rec.height}x{rec.width}")
                 records.append(rec)
-                counts.append(int(self._confident(entry).sum()))
+                confident = self._confident(entry)
+                counts.append(int(confident.sum()))
+                below.append(int((~confident).sum()))
         # manifest order, so the dataset does not depend on the store's group order
         order = {r.id: i for i, r in enumerate(manifest.images)}
-        pairs = sorted(zip(records, counts), key=lambda p: order[p[0].id])
-        other_split = sum(1 for r, _ in pairs if r.split != split)
+        triples = sorted(zip(records, counts, below), key=lambda p: order[p[0].id])
+        other_split = sum(1 for r, _, _ in triples if r.split != split)
         if other_split:
             log.info("%s: %d image(s) outside the %s split left out", store_path, other_split,
                      split)
-        pairs = [p for p in pairs if p[0].split == split]
-        self.empty = sum(1 for _, n in pairs if n == 0)
+        triples = [p for p in triples if p[0].split == split]
+        self.empty = sum(1 for _, n, _ in triples if n == 0)
+        skipped = [p for p in triples if p[1] == 0] if empty_images == "skip" else []
         if empty_images == "skip":
-            pairs = [p for p in pairs if p[1] > 0]
-        self.records = [p[0] for p in pairs]
-        self.instances = sum(p[1] for p in pairs)
-        log.info("pseudo-mask dataset: %d images (%d without instances, %s), %d instances",
-                 len(self.records), self.empty,
-                 "skipped" if empty_images == "skip" else "kept as negatives", self.instances)
+            triples = [p for p in triples if p[1] > 0]
+        self.records = [p[0] for p in triples]
+        self.instances = sum(p[1] for p in triples)
+        # what became of the store's masks: objects, ignore regions, left out
+        below_kept = sum(p[2] for p in triples)
+        self.mask_counts = {
+            "objects": self.instances,
+            "ignored": below_kept if below_cut == "ignore" else 0,
+            "left_out": (below_kept if below_cut == "drop" else 0) + sum(p[2] for p in skipped),
+        }
+        log.info("pseudo-mask dataset: %d images (%d without instances, %s); masks: %d as "
+                 "objects, %d as ignore regions, %d left out", len(self.records), self.empty,
+                 "skipped" if empty_images == "skip" else "kept as negatives",
+                 *self.mask_counts.values())
 
     def __len__(self):
         return len(self.records)
@@ -305,6 +327,14 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         """Bool [N]: the instances of a store entry kept for training."""
         scores = np.asarray(entry.get("scores", np.ones(len(entry["labels"]))), np.float64)
         return scores >= self.min_score
+
+    def _weights(self, entry):
+        """Float [N] of a store entry: the loss weight of each instance (tag2mask.maskrcnn.noisy:
+        1 or its confidence if trained, -1 an ignore region, 0 left out)."""
+        scores = np.asarray(entry.get("scores", np.ones(len(entry["labels"]))), np.float64)
+        confident = scores >= self.min_score
+        trained = np.minimum(scores, 1.0) if self.instance_weights == "confidence" else 1.0
+        return np.where(confident, trained, -1.0 if self.below_cut == "ignore" else 0.0)
 
     def _store(self):
         if self._reader is None:
@@ -333,15 +363,17 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
                                               f"{len(labels)} labels")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.class_names)):
             raise InputError(self.store_path, f"image {rec.id!r}: class index out of range")
-        confident = self._confident(entry)
-        counts, labels = [c for c, k in zip(counts, confident) if k], labels[confident]
+        weights = self._weights(entry)
+        used = weights != 0
+        counts, labels, weights = ([c for c, k in zip(counts, used) if k], labels[used],
+                                   weights[used])
         m = rle.decode(counts, h, w)
         boxes = rle.boxes(counts, h, w)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         if not keep.all():
             log.warning("%s: image %r: %d empty mask(s) dropped", self.store_path, rec.id,
                         int((~keep).sum()))
-        m, boxes, labels = m[keep], boxes[keep], labels[keep]
+        m, boxes, labels, weights = m[keep], boxes[keep], labels[keep], weights[keep]
         if flip:
             image = image[:, ::-1]
             m = m[:, :, ::-1]
@@ -352,6 +384,8 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
             "masks": torch.from_numpy(np.ascontiguousarray(m, dtype=np.uint8)),
             "image_id": index,
         }
+        if self.weighted:
+            target["weights"] = torch.from_numpy(weights.astype(np.float32))
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target
 
 

@@ -240,7 +240,9 @@ def _train(options, store_path, manifest_path, out_dir, progress, group):
     progress = progress and group.main
     amp = bool(options["amp"]) and device.type == "cuda"
     dataset = PseudoMaskDataset(store_path, manifest, options["empty_images"], options["flip"],
-                                min_score=options["min_score"])
+                                min_score=options["min_score"],
+                                below_cut=options["below_cut"],
+                                instance_weights=options["instance_weights"])
     if len(dataset) == 0:
         raise InputError(store_path, "no training images: no image has a pseudo mask with "
                                      f"a confidence of at least maskrcnn.min_score "
@@ -278,7 +280,7 @@ def _train(options, store_path, manifest_path, out_dir, progress, group):
     loader = make_loader(dataset, options, device, group)
     for epoch in range(start_epoch + 1, options["epochs"] + 1):
         loader.sampler.set_epoch(epoch)
-        record = {"epoch": epoch, **train_one_epoch(
+        record = {"epoch": epoch, "pseudo_masks": dataset.mask_counts, **train_one_epoch(
             net, loader, optimizer, scheduler, scaler, device, amp,
             desc=f"epoch {epoch}/{options['epochs']}", progress=progress,
             clip=options["grad_clip_norm"], group=group)}

@@ -244,6 +244,19 @@ def curves(inputs):
     return [c for c in charts if c], missing
 
 
+def training_masks(inputs):
+    """[(model, {objects, ignored, left_out})]: what became of the pseudo masks in each Mask
+    R-CNN training the run has a log of (its epochs' records say it; older logs do not)."""
+    runs = [("Mask R-CNN", inputs.maskrcnn_log)]
+    runs += [(f"self-training round {r}", inputs.round_logs[r]) for r in sorted(inputs.round_logs)]
+    out = []
+    for name, part in runs:
+        recs = read_jsonl(part)
+        if recs and isinstance(recs[-1].get("pseudo_masks"), dict):
+            out.append((name, recs[-1]["pseudo_masks"]))
+    return out
+
+
 # --------------------------------------------------------------------------------- page
 
 @cache
@@ -284,6 +297,7 @@ def build_report(inputs, options):
         references=REFERENCE_POINTS,
         timings=timings(inputs),
         charts=chart_list,
+        training_masks=training_masks(inputs),
         missing_logs=missing_logs,
         picture_groups=picture_groups(inputs, manifest, options),
         panel_size=options["panel_size"],
