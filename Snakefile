@@ -56,6 +56,10 @@ include: "rules/self_training.smk"
 include: "rules/evaluation.smk"
 include: "rules/report.smk"
 
+# Small jobs run where Snakemake runs, not through the cluster's queue (SLURM profile): the
+# gathers stream shard stores into one, the report and the COCO export read summaries.
+localrules: all, gather, report, export_pseudo_masks
+
 
 rule all:
     default_target: True

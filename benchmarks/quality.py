@@ -5,8 +5,9 @@ and voc-mini with config/voc.yaml, each with retrieval (the default) and with IR
     .venv/bin/python benchmarks/quality.py --run        # run what is missing, then print
     .venv/bin/python benchmarks/quality.py --run --only demo0 voc-mini
 
-Each run is `snakemake --cores 2 --configfile <its config>` in this checkout, with its own
-run_name (results/quality-<name>/), so the figures come from the workflow's own evaluation
+Each run is the README's `snakemake --cores 2` with `--configfile <base config> <overrides>` in
+this checkout (no other flag unless --set-threads is given), with its own run_name
+(results/quality-<name>/), so the figures come from the workflow's own evaluation
 files, never from a hand-run script:
 - demo0, demo1: config/config.yaml with dataset.synthetic.seed 0 / 1 (nothing else changed),
   the whole workflow (Mask R-CNN on val and the upper bound);
@@ -77,9 +78,8 @@ def run(name, threads):
     # targets first: --configfile takes every word after it up to the next option
     cmd = [sys.executable, "-m", "snakemake", *[f"{folder.relative_to(REPO)}/{t}"
                                                 for t in targets or []]]
-    cmd += ["--cores", "2", "--configfile"]
-    cmd += [str(REPO / "config/voc.yaml"), str(config)] if base == "config/voc.yaml" \
-        else [str(config)]
+    # the README's command (`snakemake --cores 2`), with the run's base config and overrides
+    cmd += ["--cores", "2", "--configfile", str(REPO / base), str(config)]
     if threads:
         cmd += ["--set-threads", *threads]
     print(f"[{name}] {' '.join(cmd)}", file=sys.stderr, flush=True)
@@ -142,8 +142,8 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="store_true", help="run (or finish) the workflow runs first")
     ap.add_argument("--only", nargs="+", choices=list(RUNS), help="these runs only")
-    ap.add_argument("--set-threads", nargs="+", default=["train_classifier=1", "extract_peaks=1"],
-                    help="passed to snakemake (2 shared cores: one torch thread per job)")
+    ap.add_argument("--set-threads", nargs="+", default=[],
+                    help="passed to snakemake (default: none, as the README's command)")
     args = ap.parse_args()
     names = args.only or list(RUNS)
     if args.run:

@@ -8,7 +8,8 @@ stamped complete with `--touch`; then a dry run and a no-op rerun are timed.
     .venv/bin/python benchmarks/scale_dag.py [--shards 100] [--images 10000]
 
 Prints JSON: seconds for the dry run of the fresh DAG, the touch, and the no-op rerun, the job
-count, and each against the goal (< 10 s).
+count, and each against the goal (< 30 s); last a line `scale_dag: images=.. shards=.. jobs=..
+dry_run_s=.. noop_rerun_s=..`. COCO's size: --images 123287 --shards 500.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+GOAL_S = 30  # a COCO-sized DAG (118k images, 500 shards) dry-runs within this
 
 
 def snakemake(workdir, config, *args):
@@ -69,7 +71,10 @@ def main():
     print(json.dumps({
         "images": args.images, "shards": args.shards, "jobs": jobs,
         "dry_run_s": round(dry, 2), "touch_s": round(touch, 2), "noop_rerun_s": round(noop, 2),
-        "goal_s": 10, "dry_run_within_goal": dry < 10, "noop_within_goal": noop < 10}, indent=1))
+        "goal_s": GOAL_S, "dry_run_within_goal": dry < GOAL_S,
+        "noop_within_goal": noop < GOAL_S}, indent=1))
+    print(f"scale_dag: images={args.images} shards={args.shards} jobs={jobs} "
+          f"dry_run_s={dry:.2f} noop_rerun_s={noop:.2f}")
 
 
 if __name__ == "__main__":

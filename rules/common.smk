@@ -53,6 +53,12 @@ PSEUDO_MASK_INPUTS = {name: f"{RUN}/{path}" for name, path in PSEUDO_MASK_METHOD
 VERIFIED = config["verification"]["enabled"]
 METHOD_SHARD = f"{RUN}/pseudo_masks/{'unverified' if VERIFIED else 'shards'}/{{shard}}.h5"
 
+
+def shard_store(path):
+    """A sharded stage's output store: temp() (deleted once gathered) unless keep_shards."""
+    return path if config["keep_shards"] else temp(path)
+
+
 # Stage commands run the package from this checkout ("$TAG2MASK_PYTHON" -m tag2mask.cli), with
 # the interpreter that runs Snakemake (or the env's python under --sdm conda), so the code that
 # runs is the code here. The options that say how to run, not what to compute (x-rerun: false

@@ -16,7 +16,7 @@ rule compute_cams:
         manifest=MANIFEST,
         checkpoint=CLASSIFIER,
     output:
-        f"{RUN}/cams/shards/{{shard}}.h5",
+        shard_store(f"{RUN}/cams/shards/{{shard}}.h5"),
     wildcard_constraints:
         shard=r"\d+",
     params:

@@ -9,7 +9,7 @@ rule extract_peaks:
         manifest=MANIFEST,
         checkpoint=CLASSIFIER,
     output:
-        store=f"{RUN}/peaks/shards/{{shard}}.h5",
+        store=shard_store(f"{RUN}/peaks/shards/{{shard}}.h5"),
         panels=directory(f"{RUN}/peaks/panels/{{shard}}"),
     wildcard_constraints:
         shard=r"\d+",

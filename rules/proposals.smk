@@ -12,7 +12,7 @@ rule propose:
         # a new external file reruns the stage; with none set, the command says so
         external=[PROPOSALS["external"]["json"]] if PROPOSALS["external"]["json"] else [],
     output:
-        f"{RUN}/proposals/shards/{{shard}}.h5",
+        shard_store(f"{RUN}/proposals/shards/{{shard}}.h5"),
     wildcard_constraints:
         shard=r"\d+",
     priority: 90  # beside the classifier, so that they wait for nothing later

@@ -9,7 +9,7 @@ rule make_pseudo_masks:
         **PSEUDO_MASK_INPUTS,
         manifest=MANIFEST,
     output:
-        store=METHOD_SHARD,
+        store=shard_store(METHOD_SHARD),
         panels=directory(f"{RUN}/pseudo_masks/panels/{{shard}}"),
     wildcard_constraints:
         shard=r"\d+",

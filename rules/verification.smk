@@ -12,7 +12,7 @@ if VERIFIED:
             checkpoint=CLASSIFIER,
             manifest=MANIFEST,
         output:
-            f"{RUN}/pseudo_masks/shards/{{shard}}.h5",
+            shard_store(f"{RUN}/pseudo_masks/shards/{{shard}}.h5"),
         wildcard_constraints:
             shard=r"\d+",
         params:

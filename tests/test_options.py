@@ -311,11 +311,15 @@ def test_every_key_reruns_exactly_the_actions_the_schema_names(tmp_path):
         "irnet": {**base, "pseudo_masks": {"method": "irnet"}},
         "prm": {**base, "retrieval": {"method": "prm"},
                 "proposals": {"method": "external", "external": external}},
+        # SAM twice: the peak prompts (section sam), and its automatic masks as proposals
+        "sam": {**base, "pseudo_masks": {"method": "sam"}},
+        "sam-proposals": {**base, "proposals": {"method": "sam", "external": external}},
     }
     recorded = {name: RecordedRun(tmp_path / name, config) for name, config in runs.items()}
     # where each section's keys are read: IRNet's in the irnet run, PRM's and the external
     # proposals' in the prm run, the rest in the default one
-    home = {"irnet": "irnet", "retrieval.prm": "prm", "proposals.external": "prm"}
+    home = {"irnet": "irnet", "retrieval.prm": "prm", "proposals.external": "prm",
+            "sam": "sam", "proposals.sam": "sam-proposals"}
     checked, workflow_keys, fixed = 0, [], []
     for section, spec in sections().items():
         for path, key_spec in leaves(spec):

@@ -156,7 +156,7 @@ def test_the_workflow_runs_to_the_pseudo_masks_with_sam(checkpoint, tmp_path):
     from test_workflow import TINY, snakemake
 
     sam = {"checkpoint": str(checkpoint), "device": "cpu"}
-    config = {**TINY, "sam": sam,
+    config = {**TINY, "shards": 1, "verification": {"enabled": False}, "sam": sam,
               "proposals": {**TINY["proposals"], "method": "sam",
                             "sam": {**sam, "points_per_side": 4, "pred_iou_thresh": 0.0,
                                     "stability_score_thresh": 0.0}},

@@ -184,6 +184,8 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
     with h5py.File(run / "pseudo_masks/pseudo_masks.h5") as f:
         assert f.attrs["kind"] == "pseudo_masks"
         assert len(f["images"]) == 16
+    # the shard stores went once gathered (temp(); keep_shards keeps them, below)
+    assert not list(run.glob("*/shards/*.h5")) and not list(run.glob("*/unverified/*.h5"))
     for name in ["pseudo_masks/evaluation.json", "maskrcnn/evaluation_val.json",
                  "upper_bound/evaluation_val.json"]:
         figures = json.loads((run / name).read_text())
@@ -226,7 +228,7 @@ def test_pipeline_end_to_end_without_ground_truth_before_evaluation(tmp_path):
         (before / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(run / name, before / name)
     proc = snakemake(tmp_path, *[f"results/tiny/{n}" for n in compared],
-                     config={**one, "shards": 4})
+                     config={**one, "shards": 4, "keep_shards": True})
     ran = re.findall(r"^(?:local)?rule (\w+):", proc.stdout + proc.stderr, re.M)
     for stage in ["extract_peaks", "propose", "make_pseudo_masks"]:
         assert ran.count(stage) == 4, ran
