@@ -1,19 +1,15 @@
 """Proposals method `sam` (config `proposals.method: sam`, options in `proposals.sam`): Segment
 Anything's automatic mask generator on a regular point grid, its masks as proposals for any
-retrieval rule, verification and the rest (the store of tag2mask.proposals.make). Objectness =
-SAM's predicted IoU x its stability score, best first."""
+retrieval rule, verification and the rest (tag2mask.proposals.make writes the store).
+Objectness = SAM's predicted IoU x its stability score, best first."""
 
 import logging
-import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..core import masks as mask_rle
 from ..core.devices import resolve_device
-from ..core.errors import InputError
-from ..dataset.images import load_rgb
 from .model import describe, load_sam
 
 log = logging.getLogger(__name__)
@@ -48,18 +44,3 @@ def image_proposals(generator, rgb, options, max_proposals):
     masks = np.stack([found[i]["segmentation"] for i in order])
     return mask_rle.encode(masks), scores[order]
 
-
-def write_sam_proposals(records, options, writer):
-    """The proposals of `records` (manifest records) into `writer` (a proposals StoreWriter)."""
-    sam = options["sam"]
-    generator = mask_generator(sam)
-    for r in tqdm(records, desc="SAM proposals", unit="image", mininterval=5):
-        rgb = load_rgb(r.path)
-        if rgb.shape[:2] != (r.height, r.width):
-            raise InputError(r.path, f"image is {rgb.shape[1]}x{rgb.shape[0]}, the manifest "
-                                     f"says {r.width}x{r.height}")
-        t, cpu = time.perf_counter(), time.process_time()
-        counts, scores = image_proposals(generator, rgb, sam, options["max_proposals"])
-        writer.add(r.id, r.height, r.width, {"masks": counts, "scores": scores},
-                   attrs={"num_proposals": len(counts), "seconds": time.perf_counter() - t,
-                          "cpu_seconds": time.process_time() - cpu})
